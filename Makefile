@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, install, run the default job
+#   make test   set up .venv, install with test extras, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch ships as a local wheel on some machines; never pull an unpinned torch.
+WHEELS := $(shell test -d /opt/wheels && echo --find-links /opt/wheels)
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: demo test test-all install system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(WHEELS) torch==2.13.0
+	$(PY) -m pip install --quiet $(WHEELS) -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: $(STAMP) system-deps
+	$(VENV)/bin/bstar run deployments/configs/demo.yaml
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache lake runs

@@ -1,0 +1,349 @@
+"""Run configuration: pydantic models, YAML in, clear errors out.
+
+A run is described by one YAML file (see `deployments/configs/`). Everything is validated before
+any work starts: an unknown key, a negative K, an empty temperature grid or a threshold outside
+[-2, 2] raises `ConfigError`, whose message names each offending field by its dotted path:
+
+    from bstar.config import load_config
+    cfg = load_config("deployments/configs/smoke.yaml", overrides=["iterations=3"])
+
+Grids may be written as lists or as ranges: `thresholds: {start: -1.0, stop: 1.0, step: 0.01}`
+(both ends included).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+METHODS = ("bstar", "bstar-temperature", "bstar-threshold", "online-rft", "iterative-rft", "rest-em")
+# DESIGN.md §1: how each method carries weights / optimizer across rounds.
+MODE_OF_METHOD = {
+    "bstar": "online",
+    "bstar-temperature": "online",
+    "bstar-threshold": "online",
+    "online-rft": "online",
+    "iterative-rft": "iterative",
+    "rest-em": "restart",
+}
+THRESHOLD_BOUND = 2.0  # rewards live in [-1, 2]: 1[correct] + prm with prm in [-1, 1]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Temperature = Annotated[float, Field(ge=0.0, le=10.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every bad field by dotted path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _expand_grid(value: Any) -> Any:
+    """Accept `{start, stop, step}` as an inclusive range; round to kill float drift (0.30000000004)."""
+    if isinstance(value, dict):
+        missing = {"start", "stop", "step"} - set(value)
+        extra = set(value) - {"start", "stop", "step"}
+        if missing or extra:
+            raise ValueError(f"a range needs exactly start, stop, step (missing {sorted(missing)}, unknown {sorted(extra)})")
+        start, stop, step = (float(value[k]) for k in ("start", "stop", "step"))
+        if step <= 0:
+            raise ValueError("range step must be > 0")
+        n = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if n <= 0:
+            raise ValueError("range is empty (stop < start)")
+        return [round(start + i * step, 10) for i in range(n)]
+    return value
+
+
+class ModelConfig(Strict):
+    """The policy: `tiny` builds the default from-scratch model; otherwise a hub id or a local dir."""
+
+    name_or_path: str = "tiny"
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: bool = False
+
+
+class DatasetConfig(Strict):
+    """One dataset: a built-in name, a local file, a hub id, or a user loader `pkg.module:function`."""
+
+    name: str = "arith"
+    path: str | None = None
+    hub_id: str | None = None
+    split: str = "train"
+    limit: PositiveInt | None = None
+    loader: str | None = None
+    verifier: str | None = None
+    template: str | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+    seed: int = 0
+    # arith generator shape (ignored by other datasets)
+    min_ops: PositiveInt = 1
+    max_ops: PositiveInt = 4
+    lo: NonNegInt = 0
+    hi: NonNegInt = 99
+    ops: str = "+-"
+
+    @field_validator("loader")
+    @classmethod
+    def _dotted(cls, v: str | None) -> str | None:
+        if v is not None and ":" not in v:
+            raise ValueError("loader must be a dotted path 'package.module:function'")
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DatasetConfig":
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops ({self.min_ops}) > max_ops ({self.max_ops})")
+        if self.lo > self.hi:
+            raise ValueError(f"lo ({self.lo}) > hi ({self.hi})")
+        return self
+
+
+class DataConfig(Strict):
+    train: DatasetConfig = DatasetConfig(split="train", limit=2000)
+    test: list[DatasetConfig] = Field(default_factory=lambda: [DatasetConfig(split="test", limit=1000)], min_length=1)
+
+
+class SamplingConfig(Strict):
+    """How candidates are drawn. `temperature` is the fixed one used by non-searching methods."""
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    k: PositiveInt = 8
+    temperature: Temperature = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_new_tokens: PositiveInt = 64
+    batch_size: PositiveInt = 256
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+    tensor_parallel_size: PositiveInt = 1
+    data_parallel_size: PositiveInt = 1
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+
+
+class SearchConfig(Strict):
+    """B-STaR's per-round configuration search over temperature × threshold (DESIGN.md §1.1)."""
+
+    queries: PositiveInt = 600
+    temperatures: list[Temperature] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 1.1], min_length=1)
+    thresholds: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+
+    @field_validator("temperatures", "thresholds", mode="before")
+    @classmethod
+    def _grid(cls, v: Any) -> Any:
+        return _expand_grid(v)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _bounded(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not (-THRESHOLD_BOUND <= t <= THRESHOLD_BOUND)]
+        if bad:
+            raise ValueError(f"thresholds must lie in [-2, 2]; got {bad[:5]}")
+        return sorted(set(v))
+
+    @field_validator("temperatures")
+    @classmethod
+    def _unique(cls, v: list[float]) -> list[float]:
+        return sorted(set(v))
+
+
+class RewardConfig(Strict):
+    """`answer`: 1[correct]. `answer+prm`: 1[correct] + PRM score in [-1, 1] (DESIGN.md §1 Rewards)."""
+
+    kind: Literal["answer", "answer+prm"] = "answer"
+    verifier: str | None = None  # defaults to the training dataset's verifier
+    threshold: Annotated[float, Field(ge=-THRESHOLD_BOUND, le=THRESHOLD_BOUND)] = 0.0
+    prm: str | None = None
+    verify_workers: PositiveInt = 2
+    verify_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _prm_available(self) -> "RewardConfig":
+        if self.kind == "answer+prm":
+            try:
+                from bstar.models import prm  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "reward 'answer+prm' needs the process reward model scorer (bstar.models.prm), "
+                    "which this version does not ship yet; use kind: answer"
+                ) from None
+            if not self.prm:
+                raise ValueError("reward 'answer+prm' needs `prm:` (a PRM checkpoint path)")
+        return self
+
+
+class SelectionConfig(Strict):
+    """N = target selected samples per round, M = queries per round; n* = ceil(N / M)."""
+
+    n_target: PositiveInt = 6000
+    queries_per_round: PositiveInt = 1000
+    max_per_query: PositiveInt | None = None
+
+    @property
+    def n_star(self) -> int:
+        return math.ceil(self.n_target / self.queries_per_round)
+
+
+class WarmupConfig(Strict):
+    """SFT warm-up on gold solutions before round 1 (skipped when `steps` is 0)."""
+
+    examples: NonNegInt = 2000
+    steps: NonNegInt = 0
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    batch_size: PositiveInt = 64
+
+
+class TrainingConfig(Strict):
+    mode: Literal["online", "iterative", "restart"] | None = None  # derived from `method` when unset
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: PositiveInt = 64
+    grad_accum: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    num_processes: PositiveInt = 1
+    bf16: bool = False
+    warmup: WarmupConfig = WarmupConfig()
+
+
+class EvalConfig(Strict):
+    """Greedy Pass@1 on every test split, plus K sampled responses per test query for Pass@k etc."""
+
+    k: NonNegInt = 8
+    temperature: Temperature = 0.7
+    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8])
+    ss: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
+
+    @model_validator(mode="after")
+    def _k_ge_s(self) -> "EvalConfig":
+        if self.k:
+            too_big = [k for k in self.ks if k > self.k]
+            if too_big:
+                raise ValueError(f"ks {too_big} exceed the number of eval samples k={self.k}")
+            if max(self.ss) > max(self.ks):
+                raise ValueError(f"ss {self.ss} has S larger than every K in ks {self.ks} (need K >= S)")
+        return self
+
+
+class StorageConfig(Strict):
+    """Lake root: a local directory or `s3://bucket/prefix`. Credentials default to the AWS env vars."""
+
+    root: str = "./lake"
+    endpoint_url: str | None = None
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+    region: str | None = None
+
+    def storage_options(self) -> dict:
+        opts: dict[str, Any] = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.key:
+            opts["key"] = self.key.get_secret_value()
+        if self.secret:
+            opts["secret"] = self.secret.get_secret_value()
+        if self.region:
+            opts["region"] = self.region
+        return opts
+
+
+class RunConfig(Strict):
+    name: str = "bstar"
+    run_id: str | None = None
+    method: Literal[METHODS] = "bstar"  # type: ignore[valid-type]
+    iterations: PositiveInt = 3
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    search: SearchConfig = SearchConfig()
+    reward: RewardConfig = RewardConfig()
+    selection: SelectionConfig = SelectionConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @property
+    def training_mode(self) -> str:
+        return self.training.mode or MODE_OF_METHOD[self.method]
+
+    @property
+    def searches_temperature(self) -> bool:
+        return self.method in ("bstar", "bstar-temperature")
+
+    @property
+    def searches_threshold(self) -> bool:
+        return self.method in ("bstar", "bstar-threshold")
+
+    def to_json(self) -> str:
+        """The config as stored in `runs.config`: secrets masked, never written to the lake."""
+        return self.model_dump_json(exclude={"storage": {"key", "secret"}})
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {path}: {msg}")
+    return "invalid run config:\n" + "\n".join(lines)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw config dict."""
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def parse_config(raw: dict | None, overrides: list[str] | None = None) -> RunConfig:
+    raw = apply_overrides(dict(raw or {}), overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return parse_config(raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def config_from_json(text: str) -> RunConfig:
+    return parse_config(json.loads(text))

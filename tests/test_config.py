@@ -1,0 +1,80 @@
+"""Run config validation: every bad field is named by its dotted path before anything runs."""
+
+import math
+
+import pytest
+
+from bstar.config import ConfigError, RunConfig, load_config, parse_config
+
+
+def _error(raw, overrides=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, overrides)
+    return str(info.value)
+
+
+def test_defaults_are_valid_and_derive_mode_and_n_star():
+    cfg = parse_config({})
+    assert cfg.method == "bstar" and cfg.training_mode == "online"
+    assert parse_config({"method": "rest-em"}).training_mode == "restart"
+    assert parse_config({"method": "iterative-rft"}).training_mode == "iterative"
+    # paper: N = 67,500, M = 11,500 -> n* = 6
+    paper = parse_config({"selection": {"n_target": 67500, "queries_per_round": 11500}})
+    assert paper.selection.n_star == 6 == math.ceil(67500 / 11500)
+
+
+@pytest.mark.parametrize(
+    "raw, path, words",
+    [
+        ({"iteratons": 3}, "iteratons", "unknown key"),
+        ({"sampling": {"k": -2}}, "sampling.k", "greater than 0"),
+        ({"sampling": {"bogus": 1}}, "sampling.bogus", "unknown key"),
+        ({"search": {"temperatures": []}}, "search.temperatures", "at least 1"),
+        ({"search": {"thresholds": [0.0, 2.5]}}, "search.thresholds", "[-2, 2]"),
+        ({"search": {"thresholds": [-3]}}, "search.thresholds", "[-2, 2]"),
+        ({"method": "ppo"}, "method", "bstar"),
+        ({"eval": {"k": 4, "ks": [1, 8]}}, "eval", "exceed"),
+        ({"eval": {"k": 8, "ks": [1, 2], "ss": [4]}}, "eval", "K >= S"),
+        ({"data": {"train": {"loader": "no_colon"}}}, "data.train.loader", "dotted path"),
+        ({"reward": {"kind": "answer+prm"}}, "reward", "prm"),
+        ({"iterations": "many"}, "iterations", "integer"),
+    ],
+)
+def test_bad_fields_are_named(raw, path, words):
+    msg = _error(raw)
+    assert f"  {path}: " in msg and words in msg
+
+
+def test_threshold_range_is_expanded_inclusive_without_float_drift():
+    cfg = parse_config({"search": {"thresholds": {"start": -1.0, "stop": 1.0, "step": 0.01}}})
+    grid = cfg.search.thresholds
+    assert len(grid) == 201 and grid[0] == -1.0 and grid[-1] == 1.0
+    assert 0.3 in grid and 0.07 in grid
+
+
+def test_overrides_parse_yaml_values_and_validate():
+    cfg = parse_config({}, ["iterations=5", "sampling.temperature=0.7", "search.temperatures=[0.5, 1.0]"])
+    assert cfg.iterations == 5 and cfg.sampling.temperature == 0.7
+    assert cfg.search.temperatures == [0.5, 1.0]
+    assert "sampling.k" in _error({}, ["sampling.k=0"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_config({}, ["novalue"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  k: -1\n")
+    with pytest.raises(ConfigError, match=r"(?s)bad.yaml.*sampling.k"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_secrets_never_reach_the_stored_config():
+    cfg = RunConfig.model_validate({"storage": {"root": "s3://b/p", "key": "AKIAXXX", "secret": "sup3rs3cret"}})
+    assert "sup3rs3cret" not in cfg.to_json() and "AKIAXXX" not in cfg.to_json()
+    assert "sup3rs3cret" not in repr(cfg)
+    assert cfg.storage.storage_options()["secret"] == "sup3rs3cret"
