@@ -1,8 +1,12 @@
 """The `bstar` command line.
 
+    bstar run CONFIG [--run-id ID] [--resume ID] [--set key=value ...] [--root URL]
+                                                  run B-STaR (or a baseline) end to end, in-process
     bstar check CONFIG [--set key=value ...]      validate a run config and print it resolved
     bstar sql "SELECT ..." [--root R] [--format table|csv|json]
                                                   read-only SQL over the candidate lake
+    bstar serve [--file deployments/prefect.yaml] [--gpu-slots N]
+                                                  serve the deployments to the Prefect server
     bstar version
 
 Heavy imports (torch, Prefect, DuckDB) happen inside the subcommand that needs them, so
@@ -24,10 +28,76 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_credentials(cfg) -> None:
+    """Config credentials reach the stages through the usual AWS variables, never through
+    flow parameters (which Prefect stores)."""
+    import os
+
+    st = cfg.storage
+    if st.key:
+        os.environ["AWS_ACCESS_KEY_ID"] = st.key.get_secret_value()
+    if st.secret:
+        os.environ["AWS_SECRET_ACCESS_KEY"] = st.secret.get_secret_value()
+
+
+def print_summary(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v, spec=".3f"):
+        return "—" if v is None else format(v, spec)
+
+    table = Table(title=f"run {result['run_id']}  (lake: {result['root']})")
+    for col in ("round", "temperature", "threshold", "balance score", "selected", "greedy Pass@1"):
+        table.add_column(col, justify="right")
+    p0 = result["start"]["pass@1"]
+    table.add_row("start", "", "", "", "", " ".join(f"{fmt(v)}" for v in p0.values()))
+    for i, r in enumerate(result["rounds"], 1):
+        table.add_row(
+            str(i),
+            fmt(r["temperature"], ".2f"),
+            fmt(r["threshold"], ".2f"),
+            fmt(r.get("balance_score"), ".4f"),
+            str(r["selected"]),
+            " ".join(fmt(v) for v in r["pass@1"].values()),
+        )
+    Console().print(table)
+    print(f"final policy: {result['policy']}")
+    print(f'query it:     bstar sql "SELECT * FROM metrics WHERE run_id = \'{result["run_id"]}\'" --root {result["root"]}')
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bstar.config import load_config
+
+    overrides = list(args.set)
+    if args.root:
+        overrides.append(f"storage.root={args.root}")
+    cfg = load_config(args.config, overrides=overrides)  # fail on a bad config before Prefect starts
+    run_id = args.resume or args.run_id or cfg.run_id
+    if args.resume:
+        from bstar.storage.lake import Lake
+
+        if not Lake(cfg.storage.root, cfg.storage.storage_options()).exists("runs", args.resume, 0):
+            raise ValueError(f"--resume {args.resume}: no such run under {cfg.storage.root}")
+    _export_credentials(cfg)
+    from bstar.flows.run import bstar_run
+
+    result = bstar_run(config=str(args.config), run_id=run_id, overrides=overrides)
+    print_summary(result)
+    return 0
+
+
 def _cmd_sql(args: argparse.Namespace) -> int:
     from bstar.storage.sql import run_sql
 
     print(run_sql(args.query, args.root, fmt=args.format))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from bstar.flows.serve import serve_deployments
+
+    serve_deployments(args.file, gpu_slots=args.gpu_slots, limit=args.limit)
     return 0
 
 
@@ -42,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bstar", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("run", help="run the pipeline end to end (resumable)")
+    p.add_argument("config")
+    p.add_argument("--run-id", help="name the run (default: <name>-<flow run id>)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID: completed stages are skipped")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--root", help="lake root (overrides storage.root)")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("check", help="validate a run config")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -52,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="./lake", help="lake root: a directory or s3://bucket/prefix")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
+    p.add_argument("--file", default="deployments/prefect.yaml")
+    p.add_argument("--gpu-slots", type=int, default=1, help="flow stages tagged `gpu` that may run at once")
+    p.add_argument("--limit", type=int, default=None, help="flow runs executed at once by this server")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("version", help="print the code version")
     p.set_defaults(func=_cmd_version)

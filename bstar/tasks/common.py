@@ -1,0 +1,123 @@
+"""What every stage task shares: the stage decorator (cache key, persisted result, retries),
+the run's lake, and the result storage under the run's root.
+
+A stage task is cached on (run_id, iteration, stage, its other inputs, its own source code).
+Its small result dict is persisted under `{root}/_prefect/{run_id}/`, so rerunning a failed flow
+run (UI Retry, `prefect flow-run retry`, `bstar run --resume RUN_ID`) finds the completed stages
+in the cache and skips them; the failed stage and everything after it run again. Stages write
+deterministic part names, so a redone stage replaces its own rows and never duplicates them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+from functools import lru_cache
+from typing import Any, Callable
+
+from bstar.config import RunConfig, config_from_json
+
+TRANSIENT_RETRIES = 2
+FAULT_ENV = "BSTAR_INJECT_FAULT"  # "<task name>@<iteration>", e.g. "fine-tune@2": for resume tests
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by a stage named in BSTAR_INJECT_FAULT (tests of resume and retry)."""
+
+
+def _maybe_inject_fault(name: str, parameters: dict) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        target, _, it = item.partition("@")
+        if target == name and (not it or str(parameters.get("iteration", "")) == it):
+            raise InjectedFault(f"fault injected into stage {name} (iteration {it or 'any'}) by {FAULT_ENV}")
+
+
+def stage_cache_key(context, parameters: dict[str, Any]) -> str:
+    """(run_id, iteration, stage, inputs, task source) → a stable key."""
+    fn = inspect.unwrap(context.task.fn)
+    source = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    inputs = json.dumps(parameters, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}|{source}|{inputs}".encode()).hexdigest()[:24]
+    run_id = parameters.get("run_id", "-")
+    iteration = parameters.get("iteration", "-")
+    return f"{run_id}-it{iteration}-{fn.__name__}-{digest}"
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry only what may pass on a second try; bad config or bad data fails at once."""
+    try:
+        state.result()
+    except (InjectedFault, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, NotImplementedError):
+        return False
+    except Exception:  # noqa: BLE001 - OOM, connection resets, storage hiccups
+        return True
+    return False
+
+
+def stage_task(fn: Callable | None = None, *, name: str | None = None, tags: tuple[str, ...] = ()):
+    """Declare a pipeline stage: cached by `stage_cache_key`, result persisted, transient retries."""
+    from prefect import task
+
+    def wrap(f: Callable):
+        stage_name = name or f.__name__.replace("_", "-")
+
+        @functools.wraps(f)
+        def run(*args, **kwargs):
+            _maybe_inject_fault(stage_name, inspect.signature(f).bind(*args, **kwargs).arguments)
+            return f(*args, **kwargs)
+
+        return task(
+            run,
+            name=stage_name,
+            cache_key_fn=stage_cache_key,
+            persist_result=True,
+            retries=TRANSIENT_RETRIES,
+            retry_delay_seconds=2,
+            retry_condition_fn=retry_transient,
+            tags=list(tags),
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@lru_cache(maxsize=8)
+def load_cfg(cfg_json: str) -> RunConfig:
+    return config_from_json(cfg_json)
+
+
+def lake_of(cfg: RunConfig):
+    from bstar.storage.lake import Lake
+
+    return Lake(cfg.storage.root, cfg.storage.storage_options())
+
+
+def result_storage(cfg: RunConfig, run_id: str):
+    """Where stage results (and so the resume cache) live: under the run's own root."""
+    root = cfg.storage.root
+    if root.startswith(("s3://", "s3a://")):
+        from prefect.filesystems import RemoteFileSystem
+
+        from bstar.storage.lake import resolve_storage_options
+
+        opts = resolve_storage_options(cfg.storage.storage_options())
+        settings = {k: v for k, v in opts.items() if k != "endpoint_url"}
+        if "endpoint_url" in opts:
+            settings["client_kwargs"] = {"endpoint_url": opts["endpoint_url"]}
+        return RemoteFileSystem(basepath=f"{root.rstrip('/')}/_prefect/{run_id}", settings=settings)
+    from prefect.filesystems import LocalFileSystem
+
+    return LocalFileSystem(basepath=os.path.join(os.path.abspath(root), "_prefect", run_id))
+
+
+def checkpoint_dir(cfg: RunConfig, run_id: str, name: str) -> str:
+    """Model checkpoints sit next to the lake when it is local, else in a local work directory."""
+    root = cfg.storage.root
+    if root.startswith(("s3://", "s3a://")):
+        base = os.environ.get("BSTAR_CHECKPOINT_DIR", os.path.expanduser("~/.cache/bstar/checkpoints"))
+    else:
+        base = os.path.join(os.path.abspath(root), "_checkpoints")
+    return os.path.join(base, run_id, name)

@@ -1,0 +1,96 @@
+"""Stage: sample K candidates per query from a policy checkpoint and store them in `candidates`.
+
+One part file per (query subset, temperature) (`part-search-t0.7`), so the search stage, which samples the same
+queries at every grid temperature, stays one resumable unit with deterministic output names.
+`sample_idx` is unique per (query, stage): temperature index * K + j.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from bstar.tasks.common import lake_of, load_cfg, stage_task
+from bstar.tasks.data import as_rows, subset_frame
+
+
+def template_of(cfg, row: dict) -> str:
+    """The prompt template of the dataset a query came from (config, else the dataset's default)."""
+    from bstar.datasets import default_template
+
+    for ds in (cfg.data.train, *cfg.data.test):
+        if ds.name == row.get("dataset"):
+            return ds.template or default_template(ds.name)
+    return cfg.data.train.template or default_template(cfg.data.train.name)
+
+
+def render_prompts(cfg, frame: pl.DataFrame, tokenizer=None) -> list[str]:
+    from bstar.datasets import render_prompt
+
+    return [render_prompt(template_of(cfg, r), r, tokenizer=tokenizer) for r in as_rows(frame)]
+
+
+def part_name(subset: str, temperature: float) -> str:
+    return f"part-{subset}-t{temperature:.4f}".rstrip("0").rstrip(".")
+
+
+@stage_task(tags=("gpu",))
+def sample_candidates(
+    run_id: str,
+    iteration: int,
+    stage: str,
+    subset: str,
+    policy: str,
+    temperatures: list[float],
+    k: int,
+    cfg_json: str,
+) -> dict:
+    """Sample `k` responses per query of `subset` at each temperature (0 means greedy)."""
+    from bstar.models.sampling import get_sampler, seed_for
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    frame = subset_frame(cfg, run_id, subset, iteration)
+    s = cfg.sampling
+    qids = frame["query_id"].to_list()
+    n = 0
+    with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
+        prompts = render_prompts(cfg, frame, tokenizer=sampler.tokenizer if cfg.model.chat_template else None)
+        for t_idx, temperature in enumerate(temperatures):
+            outs = sampler.sample(
+                prompts,
+                k=k,
+                temperature=temperature,
+                top_p=s.top_p if temperature > 0 else 1.0,
+                max_new_tokens=s.max_new_tokens,
+                seeds=[seed_for(q) for q in qids],
+                base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, stage, temperature),
+                stop=s.stop,
+                first_sample_idx=t_idx * k,
+            )
+            rows = pl.DataFrame(
+                {
+                    "query_id": [q for q, o in zip(qids, outs) for _ in o],
+                    "sample_idx": [x.sample_idx for o in outs for x in o],
+                    "temperature": float(temperature),
+                    "policy": policy,
+                    "response": [x.text for o in outs for x in o],
+                    "n_tokens": [x.n_tokens for o in outs for x in o],
+                    "finish_reason": [x.finish_reason for o in outs for x in o],
+                }
+            )
+            lake.write("candidates", rows, run_id, iteration, stage, part=part_name(subset, temperature))
+            n += rows.height
+    return {"stage": stage, "iteration": iteration, "candidates": n, "queries": frame.height}
+
+
+def sampler_options(cfg) -> dict:
+    """Backend-specific options from the sampling config."""
+    s = cfg.sampling
+    if s.backend == "vllm":
+        return dict(
+            dtype=cfg.model.dtype,
+            tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+        )
+    return dict(dtype=cfg.model.dtype, max_batch_rows=s.batch_size)

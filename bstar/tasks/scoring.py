@@ -1,0 +1,69 @@
+"""Stage: score stored candidates with a verifier and store one `rewards` row per candidate.
+
+Rewards are keyed by scorer and written to their own part (`part-<scorer>`), so stored
+candidates can be re-scored with another verifier or PRM without sampling again, and a
+scorer failure is stored as a status (`timeout`, `error`, ...), never as a silent zero.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from bstar.tasks.common import lake_of, load_cfg, stage_task
+from bstar.tasks.data import read_queries
+
+# Verdict statuses that mean "the scorer could not judge", as opposed to a wrong answer.
+SCORER_FAILURES = ("timeout", "error")
+
+
+def verifier_of(cfg, dataset_name: str | None = None) -> str:
+    from bstar.datasets import default_verifier
+
+    if cfg.reward.verifier:
+        return cfg.reward.verifier
+    ds = next((d for d in [cfg.data.train, *cfg.data.test] if d.name == dataset_name), cfg.data.train)
+    return ds.verifier or default_verifier(ds.name)
+
+
+def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float) -> pl.DataFrame:
+    """Verdicts for rows with `response` and `answer`, as reward columns (answer-only reward)."""
+    from bstar.verifiers import verify_many
+
+    verdicts = verify_many(
+        scorer, list(zip(frame["response"].to_list(), frame["answer"].to_list())), workers=workers, timeout=timeout_s
+    )
+    failed = [v.status in SCORER_FAILURES for v in verdicts]
+    correct = [None if f else bool(v.correct) for v, f in zip(verdicts, failed)]
+    return frame.select("query_id", "sample_idx").with_columns(
+        pl.lit(scorer).alias("scorer"),
+        pl.Series("correct", correct, dtype=pl.Boolean),
+        pl.Series("extracted", [v.extracted for v in verdicts], dtype=pl.String),
+        pl.Series("status", [v.status for v in verdicts], dtype=pl.String),
+        pl.lit(None, dtype=pl.List(pl.Float64)).alias("step_scores"),
+        pl.lit(None, dtype=pl.Float64).alias("prm"),
+        # 1[correct]; a scorer failure has no reward rather than a fake 0
+        pl.Series("reward", [None if c is None else float(c) for c in correct], dtype=pl.Float64),
+    )
+
+
+@stage_task
+def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_json: str) -> dict:
+    """Verify every candidate of (run, iteration, stage) with `scorer`; write `rewards`."""
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    cands = lake.read("candidates", run_id, iteration, stage)
+    answers = read_queries(cfg, run_id).unique("query_id").select("query_id", "answer")
+    frame = cands.join(answers, on="query_id", how="left")
+    if frame["answer"].null_count():
+        missing = frame.filter(pl.col("answer").is_null())["query_id"][0]
+        raise ValueError(f"candidate for query {missing!r} has no stored query/answer in run {run_id}")
+    rewards = verify_frame(scorer, frame, cfg.reward.verify_workers, cfg.reward.verify_timeout_s)
+    lake.write("rewards", rewards, run_id, iteration, stage, part=f"part-{scorer}")
+    counts = rewards.group_by("status").len().sort("status")
+    return {
+        "stage": stage,
+        "scorer": scorer,
+        "scored": rewards.height,
+        "correct": int(rewards["correct"].sum() or 0),
+        "status": dict(zip(counts["status"].to_list(), counts["len"].to_list())),
+    }

@@ -1,0 +1,60 @@
+"""Stages: B-STaR's configuration search over (temperature, threshold), and data selection.
+
+Both read scored candidates back from the lake (one scorer), run the pure algorithms of
+`bstar.algorithms`, and write the `search` grid / the `selections` rows.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from bstar.tasks.common import lake_of, load_cfg, stage_task
+
+
+def scored_frame(lake, run_id: str, iteration: int, stage: str, scorer: str) -> pl.DataFrame:
+    """Candidates of one stage joined with one scorer's rewards (the `scored` view, in polars)."""
+    cands = lake.read("candidates", run_id, iteration, stage)
+    rewards = lake.read("rewards", run_id, iteration, stage).filter(pl.col("scorer") == scorer)
+    if rewards.is_empty():
+        raise ValueError(f"no rewards from scorer {scorer!r} for run {run_id} iteration {iteration} stage {stage}")
+    return cands.join(
+        rewards.select("query_id", "sample_idx", "correct", "reward", "status"),
+        on=["query_id", "sample_idx"],
+        how="inner",
+    ).with_columns(pl.col("correct").fill_null(False))
+
+
+@stage_task
+def search_config(
+    run_id: str, iteration: int, scorer: str, thresholds: list[float], fixed: dict, cfg_json: str
+) -> dict:
+    """Balance score of every (t, τ) cell; argmax (ties: smaller t, then larger τ). `fixed` pins
+    the temperature or threshold for the ablations."""
+    from bstar.algorithms import balance_grid, choose_config, mark_chosen
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    scored = scored_frame(lake, run_id, iteration, "search", scorer)
+    grid = balance_grid(scored, thresholds, cfg.selection.n_star)
+    chosen = choose_config(grid, temperature=fixed.get("temperature"), threshold=fixed.get("threshold"))
+    lake.write("search", mark_chosen(grid, chosen), run_id, iteration)
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in chosen.items()}
+
+
+@stage_task
+def select_data(run_id: str, iteration: int, scorer: str, threshold: float, cfg_json: str) -> dict:
+    """Keep this round's candidates with reward > τ, one per distinct response (optionally capped)."""
+    from bstar.algorithms import select_training_data
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    scored = scored_frame(lake, run_id, iteration, "train", scorer).filter(pl.col("reward").is_not_null())
+    kept = select_training_data(scored, threshold, max_per_query=cfg.selection.max_per_query)
+    rows = kept.select("query_id", "sample_idx", "reward", "temperature", "response")
+    lake.write("selections", rows, run_id, iteration, "train")
+    return {
+        "iteration": iteration,
+        "selected": rows.height,
+        "queries": rows["query_id"].n_unique(),
+        "correct": int(kept["correct"].sum()),
+    }
