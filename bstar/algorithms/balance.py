@@ -161,14 +161,12 @@ def balance_grid(
             pl.col("temperature").cast(pl.Float64),
             pl.col("query_id"),
             response_key().alias("key"),
-            reward.alias("reward"),
-            correct.alias("correct"),
+            reward.alias("r_any"),
+            # the reward of a correct copy, null for an incorrect one (cheaper than filter-in-agg)
+            pl.when(correct).then(reward).alias("r_ok"),
         )
         .group_by("temperature", "query_id", "key")
-        .agg(
-            pl.col("reward").max().alias("r_any"),
-            pl.col("reward").filter(pl.col("correct")).max().alias("r_ok"),
-        )
+        .agg(pl.col("r_any").max(), pl.col("r_ok").max())
         .sort("temperature", "query_id")
         .select(
             "temperature",
