@@ -1,0 +1,135 @@
+"""DuckDB catalog over the candidate lake: one view per table, plus ``scored``.
+
+    from bstar.storage.catalog import connect
+    con = connect("lake")                               # read-only, locked-down, in-memory
+    con.execute("SELECT stage, count(*) FROM candidates GROUP BY stage").fetchall()
+
+Views: runs, queries, candidates, rewards, scored, search, selections, metrics, checkpoints.
+Each view reads the Hive-partitioned Parquet files (``hive_partitioning``, ``union_by_name``)
+with the partition columns typed explicitly (``run_id`` VARCHAR, ``iteration`` INTEGER,
+``stage`` VARCHAR). ``scored`` = candidates JOIN rewards on (run_id, iteration, stage,
+query_id, sample_idx): one row per (candidate, scorer).
+
+The list of part files is taken when connecting (one listing per table), so a connection
+reads a consistent snapshot and S3 is not re-listed on every query; reconnect to see parts
+written later. A table without files is an empty view with the right columns.
+
+On S3 the files are read through ``duckdb.register_filesystem(s3fs.S3FileSystem(...))``;
+DuckDB's httpfs extension is never installed nor loaded.
+
+``read_only=True`` (the default) locks the connection: external access is limited to the
+lake root, and the configuration is frozen, so SQL cannot read or write other files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import pyarrow as pa
+
+from .lake import Lake
+from .schemas import TABLES, spec
+
+__all__ = ["connect", "VIEWS", "duckdb_type", "view_sql"]
+
+VIEWS = tuple(TABLES) + ("scored",)
+_S3_THREADS = 16
+
+_SCORED_SQL = """
+CREATE OR REPLACE VIEW scored AS
+SELECT c.run_id, c.iteration, c.stage, c.query_id, c.sample_idx,
+       c.temperature, c.policy, c.response, c.n_tokens, c.finish_reason,
+       r.scorer, r.correct, r.extracted, r.status, r.step_scores, r.prm, r.reward
+FROM candidates AS c
+JOIN rewards AS r USING (run_id, iteration, stage, query_id, sample_idx)
+"""
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    """DuckDB SQL type for the Arrow types used in schemas.py."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "VARCHAR"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_float32(t):
+        return "FLOAT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def view_sql(table: str, files: list[str]) -> str:
+    """CREATE VIEW statement for ``table`` over ``files`` (empty typed view if none)."""
+    full = spec(table).full_schema
+    name = _quote_ident(table)
+    if not files:
+        cols = ", ".join(f"CAST(NULL AS {duckdb_type(f.type)}) AS {_quote_ident(f.name)}" for f in full)
+        return f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} WHERE false"
+    # explicit casts: files written by older code may differ in width; the view type is the spec
+    cols = ", ".join(f"CAST({_quote_ident(f.name)} AS {duckdb_type(f.type)}) AS {_quote_ident(f.name)}" for f in full)
+    file_list = "[" + ", ".join(_quote_str(f) for f in files) + "]"
+    return (
+        f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} FROM read_parquet({file_list}, "
+        "hive_partitioning = true, union_by_name = true, "
+        "hive_types = {'run_id': VARCHAR, 'iteration': INTEGER, 'stage': VARCHAR})"
+    )
+
+
+def connect(
+    root: str | os.PathLike | Lake,
+    storage_options: dict | None = None,
+    read_only: bool = True,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection with the lake's views (see module docstring)."""
+    lake = root if isinstance(root, Lake) else Lake(root, storage_options)
+    con = duckdb.connect(":memory:")
+    try:
+        if threads is None and lake.is_s3:
+            # remote reads block on the network, not the CPU: more threads overlap requests
+            threads = _S3_THREADS
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        # a Python variable must never be readable as a table from SQL
+        con.execute("SET python_enable_replacements = false")
+        # remote files: cache footers between queries of the same connection
+        con.execute("SET parquet_metadata_cache = true")
+        if lake.is_s3:
+            con.register_filesystem(lake.fs)
+        files = lake.all_parts()
+        for table in TABLES:
+            con.execute(view_sql(table, files[table]))
+        con.execute(_SCORED_SQL)
+        if read_only:
+            _lock(con, lake)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _lock(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    """Restrict file access to the lake root and freeze the configuration."""
+    root = lake.root.rstrip("/") + "/"
+    con.execute(f"SET allowed_directories = [{_quote_str(root)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
