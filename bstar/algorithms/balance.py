@@ -5,8 +5,8 @@ Usage::
     from bstar.algorithms import balance_grid, choose_config, mark_chosen, n_star, threshold_grid
 
     grid = balance_grid(scored, threshold_grid(-1.0, 1.0, 0.01), n_star(67_500, 11_500))
-    best = choose_config(grid)                        # argmax; ablations: temperature=.. / threshold=..
-    stored = mark_chosen(grid, best)                  # adds the bool `chosen` column for the search table
+    best = choose_config(grid)          # argmax; ablations: temperature=... or threshold=...
+    stored = mark_chosen(grid, best)    # adds the bool `chosen` column for the `search` table
 
 `scored` has one row per sampled candidate with columns
 ``query_id, temperature, response, correct, reward`` (extra columns are ignored).
@@ -79,7 +79,7 @@ def response_key(column: str = "response") -> pl.Expr:
 
 
 def n_star(N: int, M: int) -> int:
-    """Target number of distinct correct responses per query: ``ceil(N / M)`` (paper: 67,500/11,500 -> 6)."""
+    """Target distinct correct responses per query: ``ceil(N / M)`` (paper: 67,500 / 11,500 -> 6)."""
     if N <= 0 or M <= 0:
         raise ValueError(f"n_star needs N > 0 and M > 0, got N={N}, M={M}")
     if isinstance(N, int) and isinstance(M, int):

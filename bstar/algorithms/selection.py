@@ -43,21 +43,24 @@ def select_training_data(
         raise ValueError(f"max_per_query must be >= 0 or None, got {max_per_query}")
 
     columns = scored.columns
-    order = ["query_id", "sample_idx", "__bstar_row"] if "sample_idx" in columns else ["query_id", "__bstar_row"]
+    row = "__bstar_row"  # input position: the last tie-breaker
+    tiebreak = ["sample_idx", row] if "sample_idx" in columns else [row]
     reward = pl.col("reward").cast(pl.Float64)
     kept = (
         scored.lazy()
-        .with_row_index("__bstar_row")
+        .with_row_index(row)
         .filter(reward.is_not_null() & reward.is_not_nan() & (reward > float(threshold)))
         .with_columns(response_key().alias("__bstar_key"))
-        .sort(order)
+        .sort(["query_id", *tiebreak])
         .unique(subset=["query_id", "__bstar_key"], keep="first", maintain_order=True)
     )
     if max_per_query is not None:
-        rank_order = ["reward"] + order[1:]
         kept = (
-            kept.sort(["query_id"] + rank_order, descending=[False, True] + [False] * (len(order) - 1))
+            kept.sort(
+                ["query_id", "reward", *tiebreak],
+                descending=[False, True] + [False] * len(tiebreak),
+            )
             .filter(pl.int_range(pl.len()).over("query_id") < max_per_query)
-            .sort(order)
+            .sort(["query_id", *tiebreak])
         )
     return kept.select(columns).collect()

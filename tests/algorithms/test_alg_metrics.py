@@ -271,3 +271,11 @@ def test_greedy_pass_at_1():
     )
     out = greedy_pass_at_1(df)
     assert out.rows() == [("dev", "greedy_pass@1", 1, None, 0.0), ("test", "greedy_pass@1", 1, None, 2 / 3)]
+
+
+def test_large_n_limits():
+    # pass@k has no binomials: any n works
+    assert pass_at_k(5000, 1, 1) == pytest.approx(1 / 5000)
+    assert pass_at_k_s(1000, [1] * 10, 500, 1) == pytest.approx(pass_at_k(1000, 10, 500), abs=1e-12)
+    with pytest.raises(ValueError, match="1000"):
+        pass_at_k_s(1001, [1], 1, 1)
