@@ -6,7 +6,8 @@ Data: one run, ``iterations`` partitions of stage=train, 8 samples per query, ~6
 responses (arith-style chains of thought). Prints the local write time, the dashboard query
 time (best of 5 after a warm-up, on a fresh catalog connection), then the same against a
 SeaweedFS S3 server started with tests/s3server.py, and the S3/local ratio.
-Targets: write <= 5 s, query <= 0.3 s locally, S3 <= 3x local.
+Targets: write <= 5 s, query <= 0.3 s locally, S3 <= 3x local. The S3 server runs on the same
+2 cores as DuckDB, so S3 timings are noisy; run it a few times.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
         print(f"s3 write: {w:.2f} s")
         c, q_s3, nres = time_query(root, s3.storage_options)
         print(f"s3 dashboard query: {q_s3 * 1000:.0f} ms best of 5 ({nres} rows; connect {c * 1000:.0f} ms)")
-        print(f"s3/local query ratio: {q_s3 / q_local:.2f}x   target <= 3x")
+        print(f"s3/local query ratio: {q_s3 / q_local:.2f}x   target <= 3x "
+              f"(of the 300 ms budget: {q_s3 / 0.3:.2f}x)")
     return 0
 
 
