@@ -106,8 +106,10 @@ def load(spec: Any) -> Rows:
     split = s.get("split") or default_split
     if s.get("path"):
         records = read_local(s["path"])
+    elif s.get("hub_id"):  # the user's own hub copy: its config (if any) is theirs to name
+        records = read_hub(s["hub_id"], s.get("config"), split)
     else:
-        records = read_hub(s.get("hub_id") or hub_id, s.get("config") or (hub_config if not s.get("hub_id") else None), split, configs=hub_configs if not s.get("hub_id") else ())
+        records = read_hub(hub_id, s.get("config") or hub_config, split, configs=hub_configs)
     verifier_name = _verifier_name(name, verifier) or default_verifier
     return build_rows(records, mapper, dataset=name, verifier=verifier_name, on_error=on_error, limit=limit)
 

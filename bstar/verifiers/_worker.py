@@ -39,6 +39,9 @@ def main(read_fd: int, write_fd: int) -> None:
 
     rconn = Connection(read_fd, writable=False)
     wconn = Connection(write_fd, readable=False)
+    # Tell the parent the imports are done: item deadlines start after this, so a slow start
+    # on a busy machine is not charged to the first item.
+    wconn.send_bytes(pickle.dumps("ready"))
     cache: dict = {}
     last_paths: list = []
     while True:

@@ -29,6 +29,7 @@ from bstar.verifiers.base import ERROR, TIMEOUT, Verdict
 _IDLE: list["_Worker"] = []
 _IDLE_LOCK = threading.Lock()
 MAX_IDLE = 16
+READY_TIMEOUT = 120.0  # importing sympy on a loaded machine can take several seconds
 
 
 def default_workers() -> int:
@@ -56,6 +57,25 @@ class _Worker:
         self.conn = Connection(from_child_r, writable=False)
         self.idx: int | None = None
         self.deadline = 0.0
+        self.ready = False
+
+    def wait_ready(self, limit: float = READY_TIMEOUT) -> None:
+        """Block until the worker has imported the verifier libraries (it says "ready")."""
+        if self.ready:
+            return
+        if not self.conn.poll(limit):
+            self.kill()
+            raise RuntimeError(f"verifier worker did not start within {limit:g}s")
+        try:
+            msg = self.recv()
+        except (EOFError, OSError):
+            code = self.proc.poll()
+            self.kill()
+            raise RuntimeError(f"verifier worker exited during start-up (exit code {code})") from None
+        if msg != "ready":
+            self.kill()
+            raise RuntimeError(f"verifier worker sent {msg!r} instead of 'ready'")
+        self.ready = True
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -133,6 +153,8 @@ def run_batch(
     pool: list[_Worker] = []
     try:
         pool = [_take_worker() for _ in range(n_workers)]
+        for w in pool:  # they start in parallel; this waits for the slowest
+            w.wait_ready()
         idle = list(pool)
         busy: dict[Any, _Worker] = {}
 
@@ -162,6 +184,7 @@ def run_batch(
             if pending:
                 nw = _Worker()
                 pool.append(nw)
+                nw.wait_ready()
                 idle.append(nw)
 
         feed()

@@ -82,10 +82,8 @@ def register_verifier(
     """Add a verifier `fn(response, answer, **options) -> Verdict` (or -> bool) under `name`."""
     if not name or not isinstance(name, str):
         raise ValueError(f"verifier name must be a non-empty string, got {name!r}")
-    if isinstance(target, str):
-        resolve_check = ":" in target
-        if not resolve_check:
-            raise ValueError(f"verifier {name!r}: expected 'package.module:function', got {target!r}")
+    if isinstance(target, str) and ":" not in target:
+        raise ValueError(f"verifier {name!r}: expected 'package.module:function', got {target!r}")
     spec = VerifierSpec(name, target, isolate, float(timeout), preflight, description)
     with _LOCK:
         old = _REGISTRY.get(name)
