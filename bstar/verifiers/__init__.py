@@ -20,6 +20,10 @@ solution); math the gold LaTeX answer (or a solution with `\\boxed{}`); multiple
 label or a dict/JSON `{"label", "labels", "choices"}`; code the APPS `input_output` JSON
 (string or dict). `bstar.datasets.answer_for_verifier(row)` gives the right one for a dataset row.
 
+Options worth knowing: `question=` (arith: adds a step summary to `detail`); for code
+`test_timeout=` (per test, default 4 s), `budget=` (per problem, 60 s), `memory_mb=`,
+`allow_unsandboxed=`. `timeout=` of verify/verify_many is always the hard wall-clock kill.
+
 Isolation: `verify_many` always runs items in worker processes with a hard wall-clock kill per
 item. `verify` runs in-process, except for verifiers registered with `isolate=True` (math), which
 run in a one-item worker so that a sympy hang becomes `timeout` here too (`isolate=False` to opt out).
