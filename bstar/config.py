@@ -80,6 +80,7 @@ class DatasetConfig(Strict):
     name: str = "arith"
     path: str | None = None
     hub_id: str | None = None
+    config: str | None = None  # the hub dataset's configuration (e.g. "main" for GSM8K)
     split: str = "train"
     limit: PositiveInt | None = None
     loader: str | None = None
@@ -93,6 +94,7 @@ class DatasetConfig(Strict):
     lo: NonNegInt = 0
     hi: NonNegInt = 99
     ops: str = "+-"
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for a loader
 
     @field_validator("loader")
     @classmethod
@@ -157,13 +159,63 @@ class SearchConfig(Strict):
         return sorted(set(v))
 
 
+class PRMOptions(Strict):
+    """How a process reward model scores a response (bstar.models.prm).
+
+    `format: auto` reads the checkpoint's `prm_config.json` (our `bstar-scalar` format) or
+    recognises a Math-Shepherd model. `step_delimiter` splits a response into steps (default:
+    the checkpoint's recorded one, else `; ` for arith and a blank line otherwise). Step scores
+    are aggregated (`min` as in the paper, `mean` or `last`) and mapped to [-1, 1]:
+    probability p -> 2p - 1, logit s -> clip(s / scale, -1, 1).
+    """
+
+    format: Literal["auto", "bstar-scalar", "math-shepherd"] = "auto"
+    step_delimiter: str | None = None
+    aggregation: Literal["min", "mean", "last"] = "min"
+    score: Literal["auto", "probability", "logit"] = "auto"
+    scale: Annotated[float, Field(gt=0)] = 1.0
+    # Math-Shepherd: the tag after each step and the tokens whose probabilities are compared there
+    step_tag: str = "ки"
+    good_token: str = "+"
+    bad_token: str = "-"
+    batch_size: PositiveInt = 64
+    device: str = "auto"
+
+
+class PRMTrainConfig(Strict):
+    """Math-Shepherd annotation + PRM training (`bstar prm run`, bstar.flows.prm).
+
+    For `queries` training queries, sample `samples` solutions from the policy; for every step
+    prefix roll out `rollouts` completions (temperature `rollout_temperature`) with the completer
+    (default: the policy); a step is good (hard label) if any completion reaches the gold answer;
+    the soft label is the fraction that does. The PRM (the policy's backbone + a scalar head) is
+    then trained with binary cross-entropy at every step-end token.
+    """
+
+    queries: PositiveInt = 200
+    samples: PositiveInt = 4
+    rollouts: PositiveInt = 4
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    rollout_temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    completer: str | None = None
+    chunk_queries: PositiveInt = 100
+    label: Literal["hard", "soft"] = "hard"
+    steps: PositiveInt = 300
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: PositiveInt = 32
+    eval_queries: NonNegInt = 200
+    eval_k: PositiveInt = 8
+
+
 class RewardConfig(Strict):
     """`answer`: 1[correct]. `answer+prm`: 1[correct] + PRM score in [-1, 1] (DESIGN.md §1 Rewards)."""
 
     kind: Literal["answer", "answer+prm"] = "answer"
     verifier: str | None = None  # defaults to the training dataset's verifier
     threshold: Annotated[float, Field(ge=-THRESHOLD_BOUND, le=THRESHOLD_BOUND)] = 0.0
-    prm: str | None = None
+    prm: str | None = None  # a PRM checkpoint (directory or hub id)
+    prm_options: PRMOptions = PRMOptions()
+    prm_train: PRMTrainConfig | None = None  # train the PRM first (`bstar prm run`) when `prm` is unset
     verify_workers: PositiveInt = 2
     verify_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
@@ -172,13 +224,13 @@ class RewardConfig(Strict):
         if self.kind == "answer+prm":
             try:
                 from bstar.models import prm  # noqa: F401
-            except ImportError:
+            except ImportError as err:
+                raise ValueError(f"reward 'answer+prm' needs bstar.models.prm, which failed to import: {err}") from None
+            if not self.prm and self.prm_train is None:
                 raise ValueError(
-                    "reward 'answer+prm' needs the process reward model scorer (bstar.models.prm), "
-                    "which this version does not ship yet; use kind: answer"
-                ) from None
-            if not self.prm:
-                raise ValueError("reward 'answer+prm' needs `prm:` (a PRM checkpoint path)")
+                    "reward 'answer+prm' needs `prm:` (a PRM checkpoint path) or `prm_train:` "
+                    "(annotate and train one first with `bstar prm run`)"
+                )
         return self
 
 

@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 from bstar.config import RunConfig, config_from_json
@@ -96,21 +97,22 @@ def lake_of(cfg: RunConfig):
 
 
 def result_storage(cfg: RunConfig, run_id: str):
-    """Where stage results (and so the resume cache) live: under the run's own root."""
+    """Where stage results (and so the resume cache) live: under the run's own root.
+
+    Local roots are plain paths. An S3 root becomes a saved `RemoteFileSystem` block (Prefect
+    requires result storage to be saved server-side) that holds only the endpoint: s3fs takes
+    the credentials from the environment, so they never reach Prefect's database.
+    """
     root = cfg.storage.root
-    if root.startswith(("s3://", "s3a://")):
-        from prefect.filesystems import RemoteFileSystem
+    if not root.startswith(("s3://", "s3a://")):
+        return Path(os.path.abspath(root)) / "_prefect" / run_id
+    from prefect.filesystems import RemoteFileSystem
 
-        from bstar.storage.lake import resolve_storage_options
-
-        opts = resolve_storage_options(cfg.storage.storage_options())
-        settings = {k: v for k, v in opts.items() if k != "endpoint_url"}
-        if "endpoint_url" in opts:
-            settings["client_kwargs"] = {"endpoint_url": opts["endpoint_url"]}
-        return RemoteFileSystem(basepath=f"{root.rstrip('/')}/_prefect/{run_id}", settings=settings)
-    from prefect.filesystems import LocalFileSystem
-
-    return LocalFileSystem(basepath=os.path.join(os.path.abspath(root), "_prefect", run_id))
+    basepath = f"{root.rstrip('/')}/_prefect/{run_id}"
+    settings = {"client_kwargs": {"endpoint_url": cfg.storage.endpoint_url}} if cfg.storage.endpoint_url else {}
+    name = "bstar-results-" + hashlib.sha256(basepath.encode()).hexdigest()[:16]
+    RemoteFileSystem(basepath=basepath, settings=settings).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
 
 
 def checkpoint_dir(cfg: RunConfig, run_id: str, name: str) -> str:

@@ -13,14 +13,16 @@ from bstar.tasks.common import lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, subset_frame
 
 
-def template_of(cfg, row: dict) -> str:
-    """The prompt template of the dataset a query came from (config, else the dataset's default)."""
-    from bstar.datasets import default_template
+DEFAULT_TEMPLATES = {"arith": "arith", "arc": "arc"}
 
-    for ds in (cfg.data.train, *cfg.data.test):
-        if ds.name == row.get("dataset"):
-            return ds.template or default_template(ds.name)
-    return cfg.data.train.template or default_template(cfg.data.train.name)
+
+def template_of(cfg, row: dict) -> str:
+    """The prompt template of the dataset a query came from: configured, else the dataset's own,
+    else the chat template for instruct models and the paper's format otherwise."""
+    ds = next((d for d in (cfg.data.train, *cfg.data.test) if d.name == row.get("dataset")), cfg.data.train)
+    if ds.template:
+        return ds.template
+    return DEFAULT_TEMPLATES.get(ds.name, "chat" if cfg.model.chat_template else "paper")
 
 
 def render_prompts(cfg, frame: pl.DataFrame, tokenizer=None) -> list[str]:

@@ -10,19 +10,32 @@ from __future__ import annotations
 import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
-from bstar.tasks.data import read_queries
+from bstar.tasks.data import as_rows, read_queries
 
 # Verdict statuses that mean "the scorer could not judge", as opposed to a wrong answer.
 SCORER_FAILURES = ("timeout", "error")
 
 
-def verifier_of(cfg, dataset_name: str | None = None) -> str:
-    from bstar.datasets import default_verifier
+PRM_SUFFIX = "+prm"
 
+
+def verifier_of(cfg) -> str:
+    """The run's scorer: `reward.verifier`, else the training dataset's verifier; with
+    `reward.kind: answer+prm` the name gets `+prm` (e.g. `arith+prm`)."""
+    return base_verifier(cfg) + (PRM_SUFFIX if cfg.reward.kind == "answer+prm" else "")
+
+
+def base_verifier(cfg) -> str:
+    """The answer verifier alone (no PRM suffix)."""
+    from bstar.datasets import DATASET_VERIFIERS
+
+    ds = cfg.data.train
     if cfg.reward.verifier:
         return cfg.reward.verifier
-    ds = next((d for d in [cfg.data.train, *cfg.data.test] if d.name == dataset_name), cfg.data.train)
-    return ds.verifier or default_verifier(ds.name)
+    if ds.verifier:
+        # a dotted-path verifier is registered under the dataset's name when the rows are loaded
+        return ds.name if ":" in ds.verifier else ds.verifier
+    return DATASET_VERIFIERS.get(ds.name, ds.name)
 
 
 def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float) -> pl.DataFrame:
@@ -49,15 +62,28 @@ def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: floa
 @stage_task
 def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_json: str) -> dict:
     """Verify every candidate of (run, iteration, stage) with `scorer`; write `rewards`."""
+    from bstar.datasets import answer_for_verifier
+
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     cands = lake.read("candidates", run_id, iteration, stage)
-    answers = read_queries(cfg, run_id).unique("query_id").select("query_id", "answer")
+    queries = read_queries(cfg, run_id).unique("query_id", keep="first")
+    answers = pl.DataFrame(
+        {"query_id": queries["query_id"], "answer": [answer_for_verifier(r) for r in as_rows(queries)]}
+    )
     frame = cands.join(answers, on="query_id", how="left")
     if frame["answer"].null_count():
         missing = frame.filter(pl.col("answer").is_null())["query_id"][0]
         raise ValueError(f"candidate for query {missing!r} has no stored query/answer in run {run_id}")
-    rewards = verify_frame(scorer, frame, cfg.reward.verify_workers, cfg.reward.verify_timeout_s)
+    verifier, with_prm = scorer.removesuffix(PRM_SUFFIX), scorer.endswith(PRM_SUFFIX)
+    rewards = verify_frame(verifier, frame, cfg.reward.verify_workers, cfg.reward.verify_timeout_s)
+    if with_prm:
+        # reward = 1[correct] + prm (DESIGN.md §1); the answer-only rows go beside them (part-<verifier>)
+        # so metrics can rank by either
+        lake.write("rewards", rewards, run_id, iteration, stage, part=f"part-{verifier}")
+        from bstar.tasks.prm import add_prm_scores
+
+        rewards = add_prm_scores(cfg, run_id, frame, rewards, scorer)
     lake.write("rewards", rewards, run_id, iteration, stage, part=f"part-{scorer}")
     counts = rewards.group_by("status").len().sort("status")
     return {

@@ -18,7 +18,7 @@ def test_every_table_is_filled(smoke_run):
     result, root = smoke_run
     con = connect(root)
     for table in TABLES:
-        n = con.sql(f"SELECT count(*) FROM {table} WHERE run_id = 'smoke-test'").fetchone()[0]
+        n = con.sql(f"SELECT count(*) FROM {table} WHERE run_id = 'smoke-test'").fetchall()[0][0]
         assert n > 0, f"table {table} is empty after the smoke run"
     assert len(result["rounds"]) == 2
 
@@ -46,7 +46,7 @@ def test_selections_are_stored_candidates_above_the_chosen_threshold(smoke_run):
         """
     ).pl()
     assert bad.is_empty(), bad
-    n = con.sql("SELECT count(*) FROM selections WHERE run_id = 'smoke-test'").fetchone()[0]
+    n = con.sql("SELECT count(*) FROM selections WHERE run_id = 'smoke-test'").fetchall()[0][0]
     assert n > 0
 
 
