@@ -29,7 +29,7 @@ def greedy_metrics(greedy: pl.DataFrame) -> pl.DataFrame:
         greedy.group_by("split")
         .agg(
             pl.col("correct").cast(pl.Float64).mean().alias("pass@1"),
-            pl.len().alias("n"),
+            pl.col("correct").count().alias("n"),  # judged items; scorer failures are counted apart
             pl.col("status").is_in(["timeout", "error"]).sum().cast(pl.Float64).alias("scorer_errors"),
         )
         .with_columns(((pl.col("pass@1") * (1 - pl.col("pass@1")) / pl.col("n")).sqrt()).alias("pass@1_se"))

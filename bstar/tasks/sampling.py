@@ -7,10 +7,14 @@ queries at every grid temperature, stays one resumable unit with deterministic o
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, subset_frame
+
+log = logging.getLogger(__name__)
 
 
 DEFAULT_TEMPLATES = {"arith": "arith", "arc": "arc"}
@@ -58,7 +62,8 @@ def sample_candidates(
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
         prompts = render_prompts(cfg, frame, tokenizer=sampler.tokenizer if cfg.model.chat_template else None)
         for t_idx, temperature in enumerate(temperatures):
-            outs = sampler.sample(
+            outs = sample_with_backoff(
+                sampler,
                 prompts,
                 k=k,
                 temperature=temperature,
@@ -83,6 +88,37 @@ def sample_candidates(
             lake.write("candidates", rows, run_id, iteration, stage, part=part_name(subset, temperature))
             n += rows.height
     return {"stage": stage, "iteration": iteration, "candidates": n, "queries": frame.height}
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def sample_with_backoff(sampler, prompts: list[str], **kwargs):
+    """`sampler.sample`, halving the decode batch on out-of-memory until one row per batch.
+
+    Candidates do not depend on the batch they were decoded in (per-sample seeds), so a smaller
+    batch gives the same rows, only slower."""
+    while True:
+        try:
+            return sampler.sample(prompts, **kwargs)
+        except (RuntimeError, MemoryError) as err:
+            rows = getattr(sampler, "max_batch_rows", None)
+            if not is_out_of_memory(err) or not rows or rows <= 1:
+                raise
+            sampler.max_batch_rows = rows // 2
+            log.warning("out of memory at %d rows per batch; retrying with %d", rows, rows // 2)
+            _free_accelerator_memory()
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sampler_options(cfg) -> dict:
