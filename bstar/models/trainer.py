@@ -388,7 +388,8 @@ class SFTRecipe:
             self.state.step, self.state.rounds = prev.step, prev.rounds
             self.state.initial_checkpoint = prev.initial_checkpoint or str(checkpoint)
         self.optimizer = self.scheduler = None
-        if resume or (mode == "online" and prev is not None and prev.schedule_steps > 0):
+        # online continues only an online lineage: a warm-up (or iterative) checkpoint's schedule has ended
+        if resume or (mode == "online" and prev is not None and prev.mode == "online" and prev.schedule_steps > 0):
             for k in ("schedule_start", "schedule_steps", "warmup_steps", "lr", "min_lr_ratio", "round_start",
                       "round_steps", "examples_digest"):
                 setattr(self.state, k, getattr(prev, k))

@@ -48,9 +48,22 @@ class VLLMSampler(Sampler):
         if gguf_file:
             self.engine_kwargs["tokenizer"] = model_path
         self.llm = None
+        self._tokenizer = None
         if self.dp == 1:
             vllm = _require_vllm()
             self.llm = vllm.LLM(**{k: v for k, v in self.engine_kwargs.items() if v is not None})
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer (for chat templates), loaded on first use."""
+        if self._tokenizer is None:
+            if self.llm is not None:
+                self._tokenizer = self.llm.get_tokenizer()
+            else:
+                from bstar.models.loading import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.model_path)
+        return self._tokenizer
 
     @staticmethod
     def _params(k, temperature, top_p, max_new_tokens, seed, stop):

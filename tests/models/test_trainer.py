@@ -96,6 +96,11 @@ def test_online_continues_one_schedule_iterative_starts_fresh(tmp_path, micro_po
     assert it.step == 8 and (s["schedule_start"], s["schedule_steps"]) == (4, 4)  # lineage step, fresh schedule
     assert [e["lr"] for e in s["log"]] == pytest.approx([1e-3 * lr_factor(i, 2, 4) for i in range(1, 5)])
     assert_different_weights(on.path, it.path)
+    # an online lineage starting from a warm-up (non-online) checkpoint gets a fresh schedule
+    first = train_sft(d2, it.path, tmp_path / "on_after_warmup", mode="online", max_steps=2, total_rounds=3, **kw)
+    s = state(first.path)
+    assert (s["schedule_start"], s["schedule_steps"], s["step"]) == (8, 6, 10)
+    assert s["log"][0]["lr"] == pytest.approx(1e-3 * lr_factor(1, 2, 6))
 
 
 def test_restart_starts_every_round_from_the_initial_checkpoint(tmp_path, micro_policy, rounds_data):
