@@ -34,7 +34,36 @@ def ensure_gpu_slots(slots: int) -> None:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
 
 
+_SCHEDULE_FIELDS = ("interval", "cron", "rrule", "timezone", "anchor_date", "day_or", "active", "parameters", "slug")
+
+
+def to_schedules(entries: list[dict] | None, where: str = "schedules") -> list | None:
+    """`prefect.yaml` schedule entries ({cron: ..., timezone: ...}) as `prefect.schedules.Schedule`s.
+
+    `prefect deploy` reads them in this flat form; `flow.to_deployment` does not, so convert here.
+    """
+    if not entries:
+        return None
+    from datetime import timedelta
+
+    from prefect.schedules import Schedule
+
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or sum(k in e for k in ("interval", "cron", "rrule")) != 1:
+            raise ValueError(f"{where}[{i}]: give exactly one of `cron`, `interval` (seconds) or `rrule`; got {e!r}")
+        unknown = sorted(set(e) - set(_SCHEDULE_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}[{i}]: unknown schedule fields {unknown}; known: {list(_SCHEDULE_FIELDS)}")
+        kw = dict(e)
+        if "interval" in kw and not isinstance(kw["interval"], timedelta):
+            kw["interval"] = timedelta(seconds=float(kw["interval"]))
+        out.append(Schedule(**kw))
+    return out
+
+
 def build_deployments(path: str | Path) -> list:
+    from prefect.deployments.runner import EntrypointType
     from prefect.flows import load_flow_from_entrypoint
 
     out = []
@@ -46,7 +75,10 @@ def build_deployments(path: str | Path) -> list:
                 description=d.get("description"),
                 parameters=d.get("parameters") or {},
                 tags=d.get("tags") or [],
-                schedules=d.get("schedules") or None,
+                # registered as `bstar.flows.run.bstar_run`, not a path under this checkout: the flow
+                # runs load it from the installed package whatever their working directory
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                schedules=to_schedules(d.get("schedules"), f"{path}: deployment {d['name']!r} schedules"),
             )
         )
     return out
