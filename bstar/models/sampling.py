@@ -169,6 +169,8 @@ class TransformersSampler(Sampler):
         gguf_file: str | None = None,
         threads: int | None = None,
         suppress_special: bool = True,
+        prune_fraction: float = 0.25,
+        attn_implementation: str | None = None,
         model=None,
         tokenizer=None,
     ):
@@ -178,10 +180,12 @@ class TransformersSampler(Sampler):
         if self.device == "cpu":
             set_cpu_threads(threads)
         if model is None:
-            model, tokenizer = load_policy(model_path, device=self.device, dtype=dtype, gguf_file=gguf_file)
+            model, tokenizer = load_policy(model_path, device=self.device, dtype=dtype, gguf_file=gguf_file,
+                                           attn_implementation=attn_implementation)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.model_path = model_path
         self.max_batch_rows = max_batch_rows
+        self.prune_fraction = prune_fraction
         self.eos_ids = self._eos_ids()
         # BOS / PAD / UNK never appear in a response (they are never training targets): never sample them.
         special = {tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id} - {None}
@@ -249,6 +253,7 @@ class TransformersSampler(Sampler):
         """Decode len(prompt_ids) * k rows; returns (text, n_tokens, finish_reason) per row."""
         import torch
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         dev = self.model.device
         tok = self.tokenizer
@@ -264,6 +269,8 @@ class TransformersSampler(Sampler):
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        cache.layers = [_PreallocLayer(L + max_new_tokens) if type(layer) is DynamicLayer else layer
+                        for layer in cache.layers]
         out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = self._mask(out.logits[:, -1, :].float())
@@ -277,6 +284,7 @@ class TransformersSampler(Sampler):
         live = torch.arange(n_rows, device=dev)  # original row index of each batch row
         row_keys = torch.tensor(keys, dtype=torch.int64, device=dev)
         eos = torch.tensor(self.eos_ids, device=dev)
+        finished = torch.zeros(n_rows, dtype=torch.bool, device=dev)
         generated: list[list[int]] = [[] for _ in range(n_rows)]
         finish = ["length"] * n_rows
         stop_cut: list[int | None] = [None] * n_rows
@@ -285,12 +293,14 @@ class TransformersSampler(Sampler):
             nxt = choose_tokens(logits, temperature, top_p, row_keys, step)
             nxt_list = nxt.tolist()
             live_list = live.tolist()
-            for r, t in zip(live_list, nxt_list):
-                generated[r].append(t)
-            done = torch.isin(nxt, eos)
+            fin_list = finished[live].tolist()
+            for r, t, f in zip(live_list, nxt_list, fin_list):
+                if not f:
+                    generated[r].append(t)
+            done = torch.isin(nxt, eos) & ~finished[live]
             if stop:
                 done_list = done.tolist()
-                cand = [b for b, d in enumerate(done_list) if not d]
+                cand = [b for b, d in enumerate(done_list) if not d and not fin_list[b]]
                 tails = tok.batch_decode([generated[live_list[b]][-window:] for b in cand], skip_special_tokens=True)
                 for b, tail in zip(cand, tails):
                     if any(s in tail for s in stop):
@@ -301,13 +311,19 @@ class TransformersSampler(Sampler):
                 finish[live_list[b]] = "stop"
             if step == max_new_tokens - 1:
                 break
-            if bool(done.any()):
-                keep = (~done).nonzero().flatten()
-                if keep.numel() == 0:
+            n_done = int(done.sum())
+            if n_done:
+                finished[live[done]] = True
+                if bool(finished[live].all()):
                     break
-                cache.batch_select_indices(keep)
-                live, row_keys, nxt = live[keep], row_keys[keep], nxt[keep]
-                mask, next_pos = mask[keep], next_pos[keep]
+                # Dropping rows copies the whole cache: do it only once enough rows have finished
+                # (finished rows kept meanwhile decode on, and their tokens are ignored).
+                alive = ~finished[live]
+                if int((~alive).sum()) >= self.prune_fraction * live.numel():
+                    keep = alive.nonzero().flatten()
+                    cache.batch_select_indices(keep)
+                    live, row_keys, nxt = live[keep], row_keys[keep], nxt[keep]
+                    mask, next_pos = mask[keep], next_pos[keep]
             if padded:
                 mask = torch.cat([mask, torch.ones((mask.size(0), 1), dtype=mask.dtype, device=dev)], dim=1)
             out = self.model(input_ids=nxt[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
@@ -327,6 +343,69 @@ class TransformersSampler(Sampler):
             rows.append((text, len(generated[r]), finish[r]))
         return rows
 
+
+def _prealloc_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        """A DynamicLayer writing into a preallocated buffer (no torch.cat of the whole cache per step)."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self._k = self._v = None
+            self._n = 0
+
+        def _views(self):
+            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            b, h, n, d = key_states.shape
+            if self._k is None:
+                self._k = key_states.new_empty((b, h, max(self.capacity, n), d))
+                self._v = value_states.new_empty((b, h, max(self.capacity, n), value_states.shape[-1]))
+            if self._n + n > self._k.shape[2]:  # grow (only if someone decodes past the capacity)
+                self._k = torch_cat_time(self._k, self._k.shape[2] + n)
+                self._v = torch_cat_time(self._v, self._v.shape[2] + n)
+            self._k[:, :, self._n : self._n + n] = key_states
+            self._v[:, :, self._n : self._n + n] = value_states
+            self._n += n
+            self._views()
+            return self.keys, self.values
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self._k is not None:
+                self._k = self._k.repeat_interleave(repeats, dim=0)
+                self._v = self._v.repeat_interleave(repeats, dim=0)
+                self._views()
+
+        def batch_select_indices(self, indices) -> None:
+            if self._k is not None:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self._views()
+
+    return PreallocLayer
+
+
+def torch_cat_time(buf, new_len: int):
+    import torch
+
+    extra = buf.new_empty((*buf.shape[:2], new_len - buf.shape[2], buf.shape[3]))
+    return torch.cat([buf, extra], dim=2)
+
+
+class _LazyPrealloc:
+    cls = None
+
+    def __call__(self, capacity):
+        if self.cls is None:
+            self.cls = _prealloc_layer_class()
+        return self.cls(capacity)
+
+
+_PreallocLayer = _LazyPrealloc()
 
 register_sampler("transformers", TransformersSampler)
 
