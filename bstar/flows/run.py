@@ -4,19 +4,20 @@
     bstar_run(config="deployments/configs/smoke.yaml")            # or a dict, or `bstar run CONFIG`
 
 Resume: every stage is cached under `{root}/_prefect/{run_id}`. Retrying the flow run (same
-Prefect flow-run id) or calling it again with the same `run_id` skips completed stages.
+Prefect flow-run id) or calling it again with the same `run_id` skips completed stages; an
+existing run always continues with the config it recorded in `runs`.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from bstar import code_version
-from bstar.config import RunConfig, load_config, parse_config
+from bstar.config import RunConfig, config_from_json, load_config, parse_config
 from bstar.flows.evaluate import evaluate_policy
 from bstar.flows.iteration import iteration
-from bstar.tasks.common import result_storage
+from bstar.tasks.common import lake_of, result_storage
 from bstar.tasks.data import record_run
 from bstar.tasks.training import warm_up
 
@@ -32,10 +33,24 @@ def default_run_id(cfg: RunConfig) -> str:
     return cfg.run_id or f"{cfg.name}-{fid[:8]}"
 
 
+def recorded_config(cfg: RunConfig, run_id: str) -> RunConfig:
+    """A run that already exists continues with the config it recorded (its cache keys depend on
+    it); only where its lake lives is taken from the caller."""
+    lake = lake_of(cfg)
+    if not lake.exists("runs", run_id, 0):
+        return cfg
+    stored = config_from_json(lake.read("runs", run_id, 0)["config"][0])
+    stored.storage = cfg.storage
+    if stored.to_json() != cfg.to_json():
+        get_run_logger().warning("run %s exists: continuing with its recorded config, not the one given", run_id)
+    return stored
+
+
 @flow(name="bstar-run", log_prints=True)
 def bstar_run(config: dict | str, run_id: str | None = None, overrides: list[str] | None = None) -> dict:
     cfg = resolve_config(config, overrides)
     run_id = run_id or default_run_id(cfg)
+    cfg = recorded_config(cfg, run_id)
     cfg_json = cfg.to_json()
     cached = result_storage(cfg, run_id)
 

@@ -8,6 +8,8 @@ and one LR schedule over all rounds).
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
@@ -85,7 +87,8 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
     selected = lake.read("selections", run_id, iteration, "train")
     if selected.is_empty():
         # Nothing passed the threshold: the round keeps its starting policy rather than failing.
-        return {"policy": start, "step": 0, "examples": 0}
+        lake.write("checkpoints", [{"step": _step_of(start), "path": start, "mode": mode}], run_id, iteration)
+        return {"policy": start, "step": _step_of(start), "examples": 0}
     rows = selected.join(read_queries(cfg, run_id, "train"), on="query_id").sort("query_id", "sample_idx")
     rows = as_rows(rows)
     examples = [(render_prompt(template_of(cfg, r), r), r["response"]) for r in rows]
@@ -102,3 +105,10 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
     )
     lake.write("checkpoints", [{"step": info.step, "path": info.path, "mode": mode}], run_id, iteration)
     return {"policy": info.path, "step": info.step, "examples": len(examples)}
+
+
+def _step_of(checkpoint: str) -> int:
+    from bstar.models.trainer import TrainerState
+
+    state = TrainerState.read(checkpoint) if os.path.isdir(checkpoint) else None
+    return state.step if state else 0
