@@ -265,6 +265,8 @@ def _single_token_id(tokenizer, text: str) -> int:
         if ids and len(ids) == 2 and tokenizer.convert_ids_to_tokens(ids[0]) in ("▁", "Ġ", " "):
             return ids[1]
         raise ValueError(f"{text!r} is not a single token of this PRM's tokenizer (got ids {ids})")
+    if ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"{text!r} is not a single token of this PRM's tokenizer (it maps to the unknown token)")
     return ids[0]
 
 
@@ -314,6 +316,7 @@ class PRMScorer:
                 self.spec.step_token_id = self.tokenizer.convert_tokens_to_ids(self.spec.step_token)
         else:
             self.head = None
+            _single_token_id(self.tokenizer, self.spec.step_tag)  # fail now, not at the first batch
             self.good_id = _single_token_id(self.tokenizer, self.spec.good_token)
             self.bad_id = _single_token_id(self.tokenizer, self.spec.bad_token)
 
