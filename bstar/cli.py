@@ -7,6 +7,10 @@
                                                   read-only SQL over the candidate lake
     bstar serve [--file deployments/prefect.yaml] [--gpu-slots N]
                                                   serve the deployments to the Prefect server
+    bstar prm run CONFIG [--run-id ID] [--resume ID] [--set ...] [--root URL]
+                                                  annotate steps, train a PRM, run B-STaR with it
+    bstar prm eval CONFIG --prm PATH --policy PATH [--run-id ID] [--root URL]
+                                                  PRM step accuracy / AUC / Best-of-K on a test split
     bstar version
 
 Heavy imports (torch, Prefect, DuckDB) happen inside the subcommand that needs them, so
@@ -80,10 +84,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not Lake(cfg.storage.root, cfg.storage.storage_options()).exists("runs", args.resume, 0):
             raise ValueError(f"--resume {args.resume}: no such run under {cfg.storage.root}")
     _export_credentials(cfg)
-    from bstar.flows.run import bstar_run
+    if cfg.reward.kind == "answer+prm" and not cfg.reward.prm:
+        # no PRM checkpoint given: annotate steps and train one first (bstar.flows.prm)
+        from bstar.flows.prm import prm_run as bstar_run
+    else:
+        from bstar.flows.run import bstar_run
 
     result = bstar_run(config=str(args.config), run_id=run_id, overrides=overrides)
     print_summary(result)
+    return 0
+
+
+def _cmd_prm(args: argparse.Namespace) -> int:
+    import json
+
+    from bstar.config import load_config
+
+    overrides = list(args.set) + ([f"storage.root={args.root}"] if args.root else [])
+    cfg = load_config(args.config, overrides=overrides)
+    _export_credentials(cfg)
+    if args.prm_command == "run":
+        from bstar.flows.prm import prm_run
+
+        result = prm_run(config=str(args.config), run_id=args.resume or args.run_id or cfg.run_id, overrides=overrides)
+        print(json.dumps({k: result.get(k) for k in ("run_id", "prm", "quality", "annotation", "training")}, indent=1))
+        print_summary(result)
+        for r in [result["start"], *result["rounds"]]:
+            print("Best-of-K:", r.get("ranking", {}).get("best_of_k"))
+        return 0
+    # eval: one PRM on the config's first test split, as a run of its own
+    from bstar import code_version
+    from bstar.tasks.common import result_storage
+    from bstar.tasks.data import record_run
+    from bstar.tasks.prm import evaluate_prm
+
+    if cfg.reward.prm_train is None:
+        from bstar.config import PRMTrainConfig
+
+        cfg.reward.prm_train = PRMTrainConfig()
+    cfg.reward.kind, cfg.reward.prm = "answer+prm", args.prm
+    run_id = args.run_id or f"prm-eval-{cfg.name}"
+    cfg_json = cfg.to_json()
+    from prefect import flow
+
+    @flow(name="bstar-prm-eval")
+    def prm_eval() -> dict:
+        record_run(run_id, cfg_json, code_version())
+        return evaluate_prm.with_options(result_storage=result_storage(cfg, run_id))(run_id, 0, args.prm, args.policy, cfg_json)
+
+    print(json.dumps(prm_eval(), indent=1))
     return 0
 
 
@@ -136,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-slots", type=int, default=1, help="flow stages tagged `gpu` that may run at once")
     p.add_argument("--limit", type=int, default=None, help="flow runs executed at once by this server")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("prm", help="process reward models: annotate + train + B-STaR (run), or evaluate one (eval)")
+    prm_sub = p.add_subparsers(dest="prm_command", required=True)
+    q = prm_sub.add_parser("run", help="warm up, annotate steps, train a PRM, run B-STaR with reward answer+prm")
+    q.add_argument("config")
+    q.add_argument("--run-id")
+    q.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID: completed stages are skipped")
+    q = prm_sub.add_parser("eval", help="step accuracy / AUC vs the arith truth and Best-of-K of a PRM")
+    q.add_argument("config")
+    q.add_argument("--prm", required=True, help="PRM checkpoint (directory or hub id)")
+    q.add_argument("--policy", required=True, help="policy checkpoint that samples the responses")
+    q.add_argument("--run-id")
+    for q in prm_sub.choices.values():
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+        q.add_argument("--root", help="lake root (overrides storage.root)")
+    p.set_defaults(func=_cmd_prm)
 
     p = sub.add_parser("version", help="print the code version")
     p.set_defaults(func=_cmd_version)

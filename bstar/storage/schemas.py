@@ -197,6 +197,29 @@ TABLES: dict[str, TableSpec] = {
             doc="one metric value (k/s null where they do not apply)",
         ),
         TableSpec(
+            "annotations",
+            pa.schema(
+                [
+                    _f("query_id", _str),
+                    _f("sample_idx", _i32),
+                    _f("step", _i32),  # 0-based step index within the response
+                    _f("n_steps", _i32),
+                    _f("step_text", _str),
+                    _f("prefix", _str),  # the response's steps up to and including this one
+                    _f("hard_label", _bool),  # any rollout from the prefix reaches the gold answer
+                    _f("soft_label", _f64),  # fraction of rollouts that do (last step: final correctness)
+                    _f("n_rollouts", _i32),
+                    _f("n_correct", _i32),
+                    _f("final_correct", _bool, True),  # the sampled solution's own answer
+                    _f("true_label", _bool, True),  # known step truth (arith checker, cumulative), else null
+                    _f("completer", _str, True),
+                ]
+            ),
+            key=("query_id", "sample_idx", "step"),
+            default_stage="annotate",
+            doc="one Math-Shepherd step label (PRM training data); sample_idx joins candidates of stage annotate",
+        ),
+        TableSpec(
             "checkpoints",
             pa.schema([_f("step", _i64), _f("path", _str), _f("mode", _str)]),
             key=("step",),

@@ -25,6 +25,11 @@ def verifier_of(cfg) -> str:
     return base_verifier(cfg) + (PRM_SUFFIX if cfg.reward.kind == "answer+prm" else "")
 
 
+def rewards_part(scorer: str) -> str:
+    """A scorer's own part of `rewards` (part names allow no `+`: `arith+prm` -> `part-arith_prm`)."""
+    return "part-" + scorer.replace("+", "_")
+
+
 def base_verifier(cfg) -> str:
     """The answer verifier alone (no PRM suffix)."""
     from bstar.datasets import DATASET_VERIFIERS
@@ -80,11 +85,11 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
     if with_prm:
         # reward = 1[correct] + prm (DESIGN.md §1); the answer-only rows go beside them (part-<verifier>)
         # so metrics can rank by either
-        lake.write("rewards", rewards, run_id, iteration, stage, part=f"part-{verifier}")
+        lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(verifier))
         from bstar.tasks.prm import add_prm_scores
 
         rewards = add_prm_scores(cfg, run_id, frame, rewards, scorer)
-    lake.write("rewards", rewards, run_id, iteration, stage, part=f"part-{scorer}")
+    lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(scorer))
     counts = rewards.group_by("status").len().sort("status")
     return {
         "stage": stage,

@@ -1,0 +1,396 @@
+"""Stages for process reward models: Math-Shepherd step annotation, PRM training, PRM evaluation,
+PRM scoring of stored candidates, and side-by-side ranking metrics (answer-only vs PRM).
+
+- `annotate_chunk`: for one chunk of the annotation queries, sample N solutions from the policy
+  (stored as `candidates`, stage `annotate`), roll out M completions from every step prefix with
+  the completer, and write one `annotations` row per (query, sample, step): hard label (any
+  rollout reaches the gold answer), soft label (the fraction that does), and on arith the step's
+  true label (the arith step checker, cumulative: this step and every step before it right).
+- `train_prm_stage`: train a `bstar-scalar` PRM on those labels (bstar.models.prm_train).
+- `evaluate_prm`: on test queries, PRM step accuracy / AUC against the arith truth, the
+  Math-Shepherd labels' own agreement with the truth, Best-of-K with the PRM vs random vs oracle,
+  and throughput; written to `metrics` (stage `prm`).
+- `add_prm_scores`: what `score_candidates` calls for an `<verifier>+prm` scorer.
+- `prm_ranking_metrics`: Reward@K-S / Best-of-K of a round's eval candidates ranked by answer-only,
+  answer+prm and PRM-only rewards, side by side (`metrics`, stage `prm-compare`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import polars as pl
+
+from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
+from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries
+
+ANNOTATE_STAGE = "annotate"
+PRM_EVAL_STAGE = "prm-eval"
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def prm_checkpoint_dir(cfg, run_id: str, iteration: int = 0) -> str:
+    return checkpoint_dir(cfg, run_id, "prm" if iteration == 0 else f"prm-{iteration}")
+
+
+def annotation_queries(cfg, run_id: str) -> pl.DataFrame:
+    """The fixed, seeded subset of training queries that gets step annotations."""
+    train = read_queries(cfg, run_id, SPLIT_TRAIN).unique("query_id", keep="first")
+    n = cfg.reward.prm_train.queries
+    return (
+        train.with_columns(_rank(train["query_id"], f"prm:{cfg.seed}").alias("_r"))
+        .sort("_r")
+        .head(n)
+        .drop("_r")
+    )
+
+
+def n_chunks(cfg, run_id: str) -> int:
+    t = cfg.reward.prm_train
+    n = min(t.queries, read_queries(cfg, run_id, SPLIT_TRAIN)["query_id"].n_unique())
+    return max(1, -(-n // t.chunk_queries))
+
+
+def _delimiter_for(cfg, dataset: str, spec_delimiter: str | None = None) -> str:
+    from bstar.models.prm import default_delimiter
+
+    return cfg.reward.prm_options.step_delimiter or spec_delimiter or default_delimiter(dataset)
+
+
+def _prompts(cfg, frame: pl.DataFrame) -> list[str]:
+    from bstar.tasks.sampling import render_prompts
+
+    return render_prompts(cfg, frame)
+
+
+def true_step_labels(verifier: str, response: str, question: str, n_steps: int) -> list[bool | None]:
+    """Step truth where it is known (arith: cumulative step check), else nulls."""
+    if verifier != "arith":
+        return [None] * n_steps
+    from bstar.verifiers.arith import check_steps
+
+    labels = check_steps(response, question, cumulative=True)
+    return labels if len(labels) == n_steps else [None] * n_steps
+
+
+def _verify(verifier: str, pairs: list[tuple[str, str]], cfg) -> list[bool]:
+    from bstar.verifiers import verify_many
+
+    if not pairs:
+        return []
+    verdicts = verify_many(verifier, pairs, workers=cfg.reward.verify_workers, timeout=cfg.reward.verify_timeout_s)
+    return [bool(v.correct) for v in verdicts]
+
+
+# ----------------------------------------------------------------------------------------------
+# annotation (Math-Shepherd)
+# ----------------------------------------------------------------------------------------------
+
+
+@stage_task(tags=("gpu",))
+def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, completer: str, cfg_json: str) -> dict:
+    """Annotate the steps of N sampled solutions for one chunk of the annotation queries."""
+    from bstar.datasets import answer_for_verifier
+    from bstar.models.prm import split_steps
+    from bstar.models.sampling import get_sampler, seed_for
+    from bstar.tasks.sampling import sampler_options
+    from bstar.tasks.scoring import base_verifier
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    t, s = cfg.reward.prm_train, cfg.sampling
+    verifier = base_verifier(cfg)
+    frame = annotation_queries(cfg, run_id).slice(chunk * t.chunk_queries, t.chunk_queries)
+    rows = as_rows(frame)
+    qids = frame["query_id"].to_list()
+    prompts = _prompts(cfg, frame)
+    answers = [answer_for_verifier(r) for r in rows]
+    part = f"part-c{chunk:04d}"
+    t0 = time.time()
+    samplers = {}
+    try:
+        samplers[policy] = get_sampler(s.backend, policy, **sampler_options(cfg))
+        if completer not in samplers:
+            samplers[completer] = get_sampler(s.backend, completer, **sampler_options(cfg))
+        outs = samplers[policy].sample(
+            prompts, k=t.samples, temperature=t.temperature, top_p=s.top_p if t.temperature > 0 else 1.0,
+            max_new_tokens=s.max_new_tokens, seeds=[seed_for(q) for q in qids],
+            base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, ANNOTATE_STAGE), stop=s.stop, progress=False,
+        )
+        t_sample = time.time() - t0
+        cands = pl.DataFrame(
+            {
+                "query_id": [q for q, o in zip(qids, outs) for _ in o],
+                "sample_idx": [x.sample_idx for o in outs for x in o],
+                "temperature": float(t.temperature),
+                "policy": policy,
+                "response": [x.text for o in outs for x in o],
+                "n_tokens": [x.n_tokens for o in outs for x in o],
+                "finish_reason": [x.finish_reason for o in outs for x in o],
+            }
+        )
+        lake.write("candidates", cands, run_id, iteration, ANNOTATE_STAGE, part=part)
+
+        # every (query, sample, step); rollouts once per distinct (query, prefix) before the last step
+        delim_of = {r["query_id"]: _delimiter_for(cfg, r.get("dataset")) for r in rows}
+        items, prefixes = [], {}
+        for qi, (r, o) in enumerate(zip(rows, outs)):
+            delim = delim_of[r["query_id"]]
+            for x in o:
+                steps = split_steps(x.text, delim)
+                truth = true_step_labels(verifier, x.text, r["prompt"], len(steps))
+                for i, step in enumerate(steps):
+                    prefix = delim.join(steps[: i + 1])
+                    last = i == len(steps) - 1
+                    items.append((qi, x.sample_idx, i, len(steps), step, prefix, last, truth[i], x.text))
+                    if not last:
+                        prefixes.setdefault((qi, prefix + delim), None)
+        keys = list(prefixes)
+        t1 = time.time()
+        rollouts = samplers[completer].sample(
+            [prompts[qi] + p for qi, p in keys], k=t.rollouts, temperature=t.rollout_temperature,
+            top_p=s.top_p if t.rollout_temperature > 0 else 1.0, max_new_tokens=s.max_new_tokens,
+            seeds=[seed_for(qids[qi], p) for qi, p in keys],
+            base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, "rollout"), stop=s.stop,
+        ) if keys else []
+        t_roll = time.time() - t1
+    finally:
+        for sm in samplers.values():
+            sm.close()
+    pairs = [(p + c.text, answers[qi]) for (qi, p), outs_k in zip(keys, rollouts) for c in outs_k]
+    ok = _verify(verifier, pairs, cfg)
+    n_ok, j = {}, 0
+    for key, outs_k in zip(keys, rollouts):
+        n_ok[key] = sum(ok[j : j + len(outs_k)])
+        j += len(outs_k)
+    final_ok = _verify(verifier, [(x.text, answers[qi]) for qi, o in enumerate(outs) for x in o], cfg)
+    final_of = {(qi, x.sample_idx): c for (qi, x), c in zip(((qi, x) for qi, o in enumerate(outs) for x in o), final_ok)}
+    out = []
+    for qi, sidx, i, n, step, prefix, last, truth, _ in items:
+        fin = final_of[(qi, sidx)]
+        if last:
+            n_roll, n_corr = 0, int(fin)
+            soft = float(fin)
+        else:
+            n_roll = t.rollouts
+            n_corr = n_ok[(qi, prefix + delim_of[qids[qi]])]
+            soft = n_corr / n_roll
+        out.append(
+            {
+                "query_id": qids[qi], "sample_idx": sidx, "step": i, "n_steps": n, "step_text": step,
+                "prefix": prefix, "hard_label": soft > 0, "soft_label": soft, "n_rollouts": n_roll,
+                "n_correct": n_corr, "final_correct": fin, "true_label": truth, "completer": completer,
+            }
+        )
+    lake.write("annotations", out, run_id, iteration, ANNOTATE_STAGE, part=part)
+    return {
+        "chunk": chunk, "queries": len(qids), "solutions": cands.height, "steps": len(out),
+        "prefixes_rolled_out": len(keys), "rollouts": len(pairs),
+        "sample_s": round(t_sample, 2), "rollout_s": round(t_roll, 2), "seconds": round(time.time() - t0, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+
+def prm_examples(cfg, run_id: str, iteration: int, label: str = "hard") -> list[dict]:
+    """(prompt, steps, labels) per annotated solution, from the `annotations` table."""
+    lake = lake_of(cfg)
+    ann = lake.read("annotations", run_id, iteration, ANNOTATE_STAGE)
+    if ann.is_empty():
+        raise ValueError(f"no annotations for run {run_id} iteration {iteration}; run annotate_steps first")
+    col = "hard_label" if label == "hard" else "soft_label"
+    queries = read_queries(cfg, run_id, SPLIT_TRAIN).unique("query_id", keep="first")
+    prompt_of = dict(zip(queries["query_id"].to_list(), _prompts(cfg, queries)))
+    grouped = (
+        ann.sort("query_id", "sample_idx", "step")
+        .group_by("query_id", "sample_idx", maintain_order=True)
+        .agg(pl.col("step_text"), pl.col(col).cast(pl.Float64).alias("labels"))
+    )
+    return [
+        {"prompt": prompt_of[q], "steps": st, "labels": lab}
+        for q, st, lab in zip(grouped["query_id"], grouped["step_text"], grouped["labels"])
+    ]
+
+
+@stage_task(tags=("gpu",))
+def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> dict:
+    """Train a bstar-scalar PRM from `init` (a policy or PRM) on this iteration's annotations."""
+    from bstar.models.prm_train import train_prm
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    t = cfg.reward.prm_train
+    examples = prm_examples(cfg, run_id, iteration, t.label)
+    out = cfg.reward.prm if (iteration == 0 and cfg.reward.prm) else prm_checkpoint_dir(cfg, run_id, iteration)
+    info = train_prm(
+        examples, init, out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
+        batch_size=t.batch_size, seed=cfg.seed,
+        provenance={"run_id": run_id, "iteration": iteration, "labels": t.label, "annotations": "math-shepherd"},
+    )
+    lake.write("checkpoints", [{"step": info.steps, "path": info.path, "mode": "prm"}], run_id, iteration, stage="prm")
+    return {"prm": info.path, "examples": info.examples, "step_labels": info.step_labels,
+            "positive_rate": round(info.positive_rate, 4), "final_loss": round(sum(info.losses[-10:]) / 10, 4),
+            "seconds": info.seconds}
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring stored candidates
+# ----------------------------------------------------------------------------------------------
+
+
+def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame, scorer: str) -> pl.DataFrame:
+    """Answer-only reward rows -> `scorer` rows with step_scores, prm and reward = 1[correct] + prm."""
+    from bstar.models.prm import scorer_from_options
+
+    if not cfg.reward.prm:
+        raise ValueError(
+            "reward.prm is not set: give a PRM checkpoint, or train one first with `bstar prm run CONFIG`"
+        )
+    queries = read_queries(cfg, run_id).unique("query_id", keep="first")
+    prompt_of = dict(zip(queries["query_id"].to_list(), _prompts(cfg, queries)))
+    dataset_of = dict(zip(queries["query_id"].to_list(), queries["dataset"].to_list()))
+    with scorer_from_options(cfg.reward.prm, cfg.reward.prm_options) as prm:
+        qids = frame["query_id"].to_list()
+        delims = [_delimiter_for(cfg, dataset_of.get(q), prm.delimiter) for q in qids]
+        results = prm.score([prompt_of[q] for q in qids], frame["response"].to_list(), delimiter=delims)
+    scored = frame.select("query_id", "sample_idx").with_columns(
+        pl.Series("step_scores", [r.step_scores for r in results], dtype=pl.List(pl.Float64)),
+        pl.Series("prm", [r.prm for r in results], dtype=pl.Float64),
+    )
+    return (
+        rewards.drop("step_scores", "prm", "reward")
+        .join(scored, on=["query_id", "sample_idx"], how="left")
+        .with_columns(
+            pl.lit(scorer).alias("scorer"),
+            (pl.col("correct").cast(pl.Float64) + pl.col("prm")).alias("reward"),  # null when the verifier failed
+        )
+        .select(rewards.columns)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------
+
+METRIC_SCHEMA = {"split": pl.String, "name": pl.String, "k": pl.Int32, "s": pl.Int32, "value": pl.Float64}
+
+
+def ranking_metrics(scored: pl.DataFrame, ks, ss) -> pl.DataFrame:
+    """Reward@K-S under three rankings of the same samples (columns split, query_id, sample_idx,
+    response, correct, prm, reward): `answer` (1[correct]), `answer+prm` (reward), `prm` (prm only);
+    plus `accuracy` (a random pick) and `pass@k` (an oracle pick)."""
+    from bstar.algorithms import sample_metrics
+
+    frames = []
+    rankings = {
+        "answer": pl.col("correct").cast(pl.Float64).fill_null(0.0),
+        "answer+prm": pl.col("reward"),
+        "prm": pl.col("prm"),
+    }
+    for tag, expr in rankings.items():
+        m = sample_metrics(scored.with_columns(expr.alias("reward")), ks, ss)
+        if tag == "answer":
+            frames.append(m.filter(pl.col("name").is_in(["accuracy", "pass@k"])))
+        m = m.filter(pl.col("name") == "reward@k-s").with_columns(pl.lit(f"reward@k-s[{tag}]").alias("name"))
+        frames.append(m)
+    return pl.concat([f.cast(METRIC_SCHEMA) for f in frames]).select(list(METRIC_SCHEMA))
+
+
+@stage_task
+def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
+    """This round's eval candidates ranked by answer-only, answer+PRM and PRM-only rewards."""
+    from bstar.tasks.scoring import base_verifier, verifier_of
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    if not cfg.eval.k:
+        return {"iteration": iteration, "rows": 0}
+    cands = lake.read("candidates", run_id, iteration, "eval")
+    rewards = lake.read("rewards", run_id, iteration, "eval")
+    prm_rows = rewards.filter(pl.col("scorer") == verifier_of(cfg)).select("query_id", "sample_idx", "prm", "reward")
+    ans_rows = rewards.filter(pl.col("scorer") == base_verifier(cfg)).select("query_id", "sample_idx", "correct")
+    splits = lake.read("queries", run_id, 0).filter(pl.col("split") != SPLIT_TRAIN).select("query_id", "split").unique()
+    scored = (
+        cands.select("query_id", "sample_idx", "response")
+        .join(ans_rows, on=["query_id", "sample_idx"])
+        .join(prm_rows, on=["query_id", "sample_idx"])
+        .join(splits, on="query_id")
+    )
+    metrics = ranking_metrics(scored, cfg.eval.ks, cfg.eval.ss)
+    lake.write("metrics", metrics, run_id, iteration, stage="prm-compare")
+    best = metrics.filter(pl.col("name").str.starts_with("reward@k-s") & (pl.col("s") == 1) & (pl.col("k") == max(cfg.eval.ks)))
+    return {"iteration": iteration, "rows": metrics.height,
+            "best_of_k": {r["name"]: round(r["value"], 4) for r in best.iter_rows(named=True)}}
+
+
+@stage_task(tags=("gpu",))
+def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_json: str) -> dict:
+    """PRM quality on the run's first test split: step accuracy / AUC vs the truth (arith),
+    Math-Shepherd label agreement with the truth, Best-of-K (PRM vs random vs oracle), throughput."""
+    from bstar.datasets import answer_for_verifier
+    from bstar.models.prm import roc_auc, scorer_from_options, split_steps
+    from bstar.models.sampling import get_sampler, seed_for
+    from bstar.tasks.sampling import sampler_options
+    from bstar.tasks.scoring import base_verifier
+
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    t, s = cfg.reward.prm_train, cfg.sampling
+    verifier = base_verifier(cfg)
+    split = f"test-{cfg.data.test[0].name}"
+    frame = read_queries(cfg, run_id, split).unique("query_id", keep="first").sort("query_id").head(t.eval_queries)
+    rows, qids, prompts = as_rows(frame), frame["query_id"].to_list(), _prompts(cfg, frame)
+    with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
+        outs = sampler.sample(prompts, k=t.eval_k, temperature=cfg.eval.temperature, max_new_tokens=s.max_new_tokens,
+                              seeds=[seed_for(q) for q in qids], base_seed=seed_for(cfg.seed, run_id, PRM_EVAL_STAGE),
+                              stop=s.stop, progress=False)
+    flat = [(qi, x) for qi, o in enumerate(outs) for x in o]
+    responses = [x.text for _, x in flat]
+    correct = _verify(verifier, [(x.text, answer_for_verifier(rows[qi])) for qi, x in flat], cfg)
+    with scorer_from_options(prm_path, cfg.reward.prm_options) as prm:
+        delim = _delimiter_for(cfg, cfg.data.test[0].name, prm.delimiter)
+        t0 = time.time()
+        results = prm.score([prompts[qi] for qi, _ in flat], responses, delimiter=delim, progress=False)
+        score_s = time.time() - t0
+        kind = prm.score_kind
+    # step level, against the truth
+    ys, ps = [], []
+    for (qi, x), r in zip(flat, results):
+        truth = true_step_labels(verifier, x.text, rows[qi]["prompt"], len(split_steps(x.text, delim)))
+        for y, p in zip(truth, r.step_scores):
+            if y is not None:
+                ys.append(bool(y))
+                ps.append(p)
+    cut = 0.5 if kind == "probability" else 0.0
+    out: list[tuple] = []
+    if ys:
+        out += [(split, "prm_step_accuracy", None, None, sum((p > cut) == y for y, p in zip(ys, ps)) / len(ys)),
+                (split, "prm_step_auc", None, None, roc_auc(ys, ps)),
+                (split, "prm_step_positive_rate", None, None, sum(ys) / len(ys))]
+    # response level: Best-of-K by PRM vs random vs oracle (and answer+prm)
+    scored = pl.DataFrame({
+        "split": split, "query_id": [qids[qi] for qi, _ in flat], "sample_idx": [x.sample_idx for _, x in flat],
+        "response": responses, "correct": correct, "prm": [r.prm for r in results],
+    }).with_columns((pl.col("correct").cast(pl.Float64) + pl.col("prm")).alias("reward"))
+    ranked = ranking_metrics(scored, sorted({1, t.eval_k}), [1])
+    # Math-Shepherd labels of this run against the truth
+    ann = lake.read("annotations", run_id, iteration, ANNOTATE_STAGE) if lake.exists("annotations", run_id, iteration, ANNOTATE_STAGE) else None
+    if ann is not None and ann["true_label"].null_count() < ann.height:
+        a = ann.filter(pl.col("true_label").is_not_null())
+        y, hard, soft = a["true_label"].to_list(), a["hard_label"].to_list(), a["soft_label"].to_list()
+        out += [("train", "ms_hard_label_accuracy", None, None, sum(h == v for h, v in zip(hard, y)) / len(y)),
+                ("train", "ms_soft_label_auc", None, None, roc_auc(y, soft)),
+                ("train", "ms_true_positive_rate", None, None, sum(y) / len(y)),
+                ("train", "ms_hard_positive_rate", None, None, sum(hard) / len(hard))]
+    out += [(split, "prm_scoring_responses_per_s", None, None, len(responses) / max(score_s, 1e-9))]
+    metrics = pl.concat([pl.DataFrame(out, schema=METRIC_SCHEMA, orient="row"), ranked])
+    metrics = metrics.filter(pl.col("value").is_not_null())
+    lake.write("metrics", metrics, run_id, iteration, stage="prm")
+    return {r["name"] + (f"@{r['k']}" if r["k"] else ""): round(r["value"], 4) for r in metrics.iter_rows(named=True)}
