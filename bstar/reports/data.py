@@ -56,7 +56,8 @@ FROM asked FULL OUTER JOIN sel USING (run_id, iteration, stage, query_id)
 ORDER BY run_id, iteration, query_id
 """
 
-# best / worst sampled training responses by reward, per run and round (ties: query, sample)
+# best / worst sampled training responses by reward, per run, round and scorer (rewards of
+# different scorers are on different scales, e.g. answer-only vs answer + PRM); ties: query, sample
 _EXAMPLES_SQL = """
 WITH s AS (
     SELECT run_id, iteration, query_id, sample_idx, temperature, scorer, correct, status,
@@ -67,9 +68,9 @@ WITH s AS (
 ),
 ranked AS (
     SELECT *,
-           row_number() OVER (PARTITION BY run_id, iteration
+           row_number() OVER (PARTITION BY run_id, iteration, scorer
                               ORDER BY reward DESC, query_id, sample_idx) AS best_rank,
-           row_number() OVER (PARTITION BY run_id, iteration
+           row_number() OVER (PARTITION BY run_id, iteration, scorer
                               ORDER BY reward ASC, query_id, sample_idx) AS worst_rank
     FROM s
 ),
@@ -89,7 +90,7 @@ prompts AS (
 SELECT p.run_id, p.iteration, p.kind, p.rank, p.query_id, p.sample_idx, p.temperature,
        p.scorer, p.correct, p.status, p.reward, q.prompt, q.answer, p.response
 FROM picked AS p LEFT JOIN prompts AS q USING (run_id, query_id)
-ORDER BY p.run_id, p.iteration, p.kind, p.rank
+ORDER BY p.run_id, p.iteration, p.scorer, p.kind, p.rank
 """
 
 _KNOWN_RUNS_SQL = """

@@ -254,22 +254,22 @@ def _examples_section(d: ReportData) -> str:
     if ex.is_empty():
         parts.append(_empty("No scored training samples for these runs."))
         return "\n".join(parts + ["</section>"])
-    parts.append('<p class="meta">Training-stage samples of each round, ranked by reward (ties: query id, sample index).</p>')
+    parts.append('<p class="meta">Training-stage samples of each round, ranked by reward per scorer (ties: query id, sample index).</p>')
     rows = []
     ex = ex.with_columns(pl.col("run_id").replace_strict({r: i for i, r in enumerate(d.run_ids)}, default=len(d.run_ids)).alias("_o"))
-    for r in ex.sort("_o", "iteration", "kind", "rank").iter_rows(named=True):
+    for r in ex.sort("_o", "iteration", "scorer", "kind", "rank").iter_rows(named=True):
         correct = "—" if r["correct"] is None else ("✓" if r["correct"] else "✗")
         temp = "" if r["temperature"] is None else f"{r['temperature']:g}"
         rows.append(
             f'<tr class="{esc(r["kind"])}" data-reward="{esc(r["reward"])}">'
             f"<td>{esc(r['run_id'])}</td><td>{r['iteration']}</td><td class=\"kind\">{esc(r['kind'])} #{r['rank']}</td>"
-            f"<td>{fmt(r['reward'])}</td><td>{correct}</td><td>{esc(r['status'])}</td>"
+            f"<td>{esc(r['scorer'])}</td><td>{fmt(r['reward'])}</td><td>{correct}</td><td>{esc(r['status'])}</td>"
             f"<td>{temp}</td>"
             f"<td class=\"text\">{esc(r['query_id'])}/{r['sample_idx']}: {esc(_short(r['prompt'], _PROMPT_CHARS))}</td>"
             f"<td class=\"text\">{esc(r['answer'])}</td>"
             f"<td class=\"text\">{esc(_short(r['response'], _RESPONSE_CHARS))}</td></tr>"
         )
-    header = ["run", "round", "rank", "reward", "correct", "status", "t", "query", "answer", "response"]
+    header = ["run", "round", "rank", "scorer", "reward", "correct", "status", "t", "query", "answer", "response"]
     parts.append(
         '<table class="examples-table"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in header)
         + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>"

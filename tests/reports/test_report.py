@@ -95,7 +95,7 @@ def test_best_and_worst_responses_are_the_extreme_rewards(report, report_lake):
         b1 = [r for r in mine if r["rank"] == "best #1"]
         w1 = [r for r in mine if r["rank"] == "worst #1"]
         assert len(b1) == 1 and len(w1) == 1
-        assert b1[0]["reward"] == f"{best['reward']:.4f}" and b1[0]["response"] == best["response"].replace("\u2026", "")
+        assert b1[0]["reward"] == f"{best['reward']:.4f}" and b1[0]["response"] == best["response"]
         assert w1[0]["reward"] == f"{worst['reward']:.4f}" and w1[0]["response"] == worst["response"]
         assert b1[0]["correct"] == "✓" and w1[0]["correct"] == "✗"
         # best rows are in descending, worst rows in ascending reward order
@@ -181,3 +181,15 @@ def test_plots_of_one_round_and_empty_frames():
 
 def test_default_out_name():
     assert default_out(["r1", "r2"]) == "bstar-report-r1_r2.html"
+
+
+def test_examples_are_ranked_per_scorer(tmp_path):
+    lake = Lake(tmp_path)
+    lake.write("metrics", [{"split": "test", "name": "greedy_pass@1", "k": 1, "value": 0.5}], "two", 1)
+    lake.write("candidates", [{"query_id": "q", "sample_idx": i, "temperature": 1.0, "policy": "p", "response": f"resp {i}"} for i in range(4)], "two", 1, "train")
+    # answer-only rewards in {0, 1}; answer + PRM on another scale, with the opposite order
+    lake.write("rewards", [{"query_id": "q", "sample_idx": i, "scorer": "arith", "correct": i >= 2, "status": "ok", "reward": float(i >= 2)} for i in range(4)], "two", 1, "train", part="part-arith")
+    lake.write("rewards", [{"query_id": "q", "sample_idx": i, "scorer": "arith+prm", "correct": i >= 2, "status": "ok", "reward": 1.5 - 0.4 * i} for i in range(4)], "two", 1, "train", part="part-prm")
+    d = load_report_data(["two"], tmp_path, n_examples=1)
+    got = {(r["scorer"], r["kind"]): r["sample_idx"] for r in d.examples.iter_rows(named=True)}
+    assert got == {("arith", "best"): 2, ("arith", "worst"): 0, ("arith+prm", "best"): 0, ("arith+prm", "worst"): 3}
