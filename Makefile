@@ -26,7 +26,7 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-demo: $(STAMP) system-deps
+demo: $(STAMP)
 	$(VENV)/bin/bstar run deployments/configs/demo.yaml
 
 test: $(STAMP) system-deps

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# System packages the project needs beyond Python: bubblewrap (the code-verifier sandbox)
-# Installed with apt when missing and we may; otherwise a
+# System packages the project needs beyond Python: bubblewrap (the code-verifier sandbox) and
+# Chromium (the report's browser test). Installed with apt when missing and we may; otherwise a
 # warning, and the features that need them refuse with a clear message.
 set -u
 want=()
 command -v bwrap >/dev/null 2>&1 || want+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
 
 [ ${#want[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then
