@@ -25,6 +25,9 @@ __all__ = ["render_page", "img_tag", "fmt"]
 
 _RESPONSE_CHARS = 400
 _PROMPT_CHARS = 200
+# grids larger than this are listed as their best cells (the heat map shows the whole grid)
+_MAX_GRID_CELLS = 120
+_TOP_CELLS = 10
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto;
@@ -169,7 +172,26 @@ def _diversity_section(d: ReportData) -> str:
     return "\n".join(parts + ["</section>"])
 
 
+def _top_cells_table(g: pl.DataFrame, n: int) -> str:
+    """Large grids: the ``n`` best cells (and the chosen one) instead of the whole pivot."""
+    top = g.sort(["balance_score", "temperature", "threshold"], descending=[True, False, True]).head(n)
+    if not top["chosen"].any():
+        top = pl.concat([top, g.filter(pl.col("chosen"))])
+    rows = []
+    for r in top.iter_rows(named=True):
+        cls = ' class="chosen"' if r["chosen"] else ""
+        mark = "★ " if r["chosen"] else ""
+        rows.append(
+            [f"<td>{r['temperature']:g}</td>", f"<td>{r['threshold']:g}</td>",
+             f"<td{cls}>{mark}{fmt(r['balance_score'])}</td>", f"<td>{r['n_selected']}</td>",
+             f"<td>{r['n_unique_correct']}</td>"]
+        )
+    return _table(["temperature", "threshold τ", "balance score", "n selected", "n unique correct"], rows, "grid-top-table", raw=True)
+
+
 def _grid_table(g: pl.DataFrame) -> str:
+    if g.height > _MAX_GRID_CELLS:
+        return _top_cells_table(g, _TOP_CELLS)
     temps = sorted(g["temperature"].unique().to_list())
     thrs = sorted(g["threshold"].unique().to_list())
     cells = {(r["temperature"], r["threshold"]): r for r in g.iter_rows(named=True)}
@@ -220,7 +242,8 @@ def _search_section(d: ReportData) -> str:
     for run in searched:
         for it in sorted(d.search.filter(pl.col("run_id") == run)["iteration"].unique().to_list()):
             g = d.search.filter((pl.col("run_id") == run) & (pl.col("iteration") == it))
-            parts.append(f'<h3 id="grid-{esc(run)}-{it}">{esc(run)} · round {it}: balance score grid (★ = chosen)</h3>')
+            what = "balance score grid" if g.height <= _MAX_GRID_CELLS else f"best {_TOP_CELLS} of {g.height} grid cells"
+            parts.append(f'<h3 id="grid-{esc(run)}-{it}">{esc(run)} · round {it}: {what} (★ = chosen)</h3>')
             parts.append(_grid_table(g))
     return "\n".join(parts + ["</section>"])
 

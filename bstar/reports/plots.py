@@ -203,6 +203,15 @@ def chosen_config_plot(search: pl.DataFrame, run_ids: list[str], dpi: int = 100)
     return _png(fig, dpi)
 
 
+def _tick_subset(n: int, most: int = 9) -> list[int]:
+    """At most ``most`` evenly spaced tick positions out of ``n`` (always the first and last)."""
+    if n <= most:
+        return list(range(n))
+    step = math.ceil((n - 1) / (most - 1))
+    ticks = list(range(0, n - 1, step))
+    return ticks + [n - 1] if n - 1 - ticks[-1] >= step / 2 else ticks[:-1] + [n - 1]
+
+
 def balance_heatmap(search: pl.DataFrame, run_id: str, dpi: int = 100) -> bytes | None:
     """One run's grid per round: rows = temperature, columns = threshold, chosen cell boxed."""
     from matplotlib.patches import Rectangle
@@ -219,8 +228,8 @@ def balance_heatmap(search: pl.DataFrame, run_id: str, dpi: int = 100) -> bytes 
         vmax = vmin + 1e-9
     ncols = min(len(rounds), 4)
     nrows = math.ceil(len(rounds) / ncols)
-    cell_w = max(0.45 * len(thrs), 1.6)
-    cell_h = max(0.32 * len(temps), 1.2)
+    cell_w = min(max(0.45 * len(thrs), 1.6), 3.6)
+    cell_h = min(max(0.32 * len(temps), 1.2), 3.0)
     fig = _figure(min(2.0 + ncols * (cell_w + 0.8), 12.0), 0.9 + nrows * (cell_h + 0.8))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     image = None
@@ -234,7 +243,7 @@ def balance_heatmap(search: pl.DataFrame, run_id: str, dpi: int = 100) -> bytes 
             grid[ti][hi] = r["balance_score"]
             if r["chosen"]:
                 chosen_cells.append((ti, hi))
-        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         small = len(temps) * len(thrs) <= 48
         for ti in range(len(temps)):
             for hi in range(len(thrs)):
@@ -245,8 +254,9 @@ def balance_heatmap(search: pl.DataFrame, run_id: str, dpi: int = 100) -> bytes 
         for ti, hi in chosen_cells:
             ax.add_patch(Rectangle((hi - 0.5, ti - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
             ax.plot([hi], [ti + 0.3], marker="*", color="red", markersize=9)
-        ax.set_xticks(range(len(thrs)), [f"{t:g}" for t in thrs], fontsize=7, rotation=45 if len(thrs) > 6 else 0)
-        ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps], fontsize=7)
+        xs, ys = _tick_subset(len(thrs)), _tick_subset(len(temps))
+        ax.set_xticks(xs, [f"{thrs[i]:g}" for i in xs], fontsize=7, rotation=45 if len(xs) > 6 else 0)
+        ax.set_yticks(ys, [f"{temps[i]:g}" for i in ys], fontsize=7)
         ax.set_title(f"round {it}", fontsize=9)
         ax.set_xlabel("threshold τ", fontsize=8)
         ax.set_ylabel("temperature", fontsize=8)

@@ -193,3 +193,22 @@ def test_examples_are_ranked_per_scorer(tmp_path):
     d = load_report_data(["two"], tmp_path, n_examples=1)
     got = {(r["scorer"], r["kind"]): r["sample_idx"] for r in d.examples.iter_rows(named=True)}
     assert got == {("arith", "best"): 2, ("arith", "worst"): 0, ("arith+prm", "best"): 0, ("arith+prm", "worst"): 3}
+
+
+def test_large_grid_lists_best_cells_with_the_chosen_one(tmp_path):
+    lake = Lake(tmp_path)
+    lake.write("metrics", [{"split": "test", "name": "greedy_pass@1", "k": 1, "value": 0.5}], "big", 1)
+    temps = [round(0.5 + 0.05 * i, 2) for i in range(15)]
+    thrs = [round(-1 + 0.01 * i, 2) for i in range(201)]
+    # chosen is NOT among the 10 best (e.g. a search restricted differently): still listed, marked
+    grid = [{"temperature": t, "threshold": h, "balance_score": (i * 201 + j) / 3015, "n_selected": 1,
+             "n_unique_correct": 1, "n_queries": 1, "chosen": (i, j) == (0, 0)}
+            for i, t in enumerate(temps) for j, h in enumerate(thrs)]
+    lake.write("search", grid, "big", 1)
+    html = open(build_report("big", tmp_path, out=str(tmp_path / "big.html")), encoding="utf-8").read()
+    page = parse(html)
+    t = page.table("grid-top-table", after="big · round 1: best 10 of 3015 grid cells (★ = chosen)")
+    rows = [[c[0] for c in r] for r in t["rows"][1:]]
+    assert len(rows) == 11 and rows[0][:2] == ["1.2", "1"] and rows[-1] == ["0.5", "-1", "★ 0.0000", "1", "1"]
+    assert [r[1]["class"] for r in t["rows"][-1] if r[1]] == ["chosen"]
+    assert len(html) < 400_000
