@@ -28,7 +28,7 @@ from .data import load_report_data
 __all__ = ["publish_report_artifacts", "artifact_key", "report_markdown"]
 
 # PNGs inlined in markdown: keep them small (the artifact is stored in the Prefect database)
-_ARTIFACT_DPI = 60
+_ARTIFACT_DPI = 72
 
 
 def artifact_key(run_id: str, suffix: str = "report") -> str:
@@ -59,7 +59,7 @@ def report_markdown(data, run_id: str, dpi: int = _ARTIFACT_DPI) -> str:
     lines += _md_img(plots.diversity_plot(data.metrics, ids, dpi=dpi), plots.PLOT_TITLES["diversity"])
     chosen = data.search.filter(pl.col("chosen")).sort("iteration")
     if not chosen.is_empty():
-        lines += ["### Chosen configuration per round", "", "| round | temperature | threshold | balance score |", "|---|---|---|---|"]
+        lines += ["### Chosen temperature and threshold per round", "", "| round | temperature | threshold | balance score |", "|---|---|---|---|"]
         lines += [
             f"| {r['iteration']} | {r['temperature']:g} | {r['threshold']:g} | {r['balance_score']:.4f} |"
             for r in chosen.iter_rows(named=True)

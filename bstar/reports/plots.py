@@ -75,7 +75,10 @@ def _integer_x(ax) -> None:
 
 
 def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > 4:  # many lines: beside the axes, not over the curves
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif handles:
         ax.legend(fontsize=8, loc="best")
 
 
