@@ -5,6 +5,8 @@
     bstar check CONFIG [--set key=value ...]      validate a run config and print it resolved
     bstar sql "SELECT ..." [--root R] [--format table|csv|json]
                                                   read-only SQL over the candidate lake
+    bstar report RUN_ID... [--root R] [--out FILE.html]
+                                                  a self-contained HTML report, runs overlaid
     bstar serve [--file deployments/prefect.yaml] [--gpu-slots N]
                                                   serve the deployments to the Prefect server
     bstar prm run CONFIG [--run-id ID] [--resume ID] [--set ...] [--root URL]
@@ -143,6 +145,13 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bstar.reports import build_report
+
+    print(build_report(args.run_ids, args.root, out=args.out))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bstar.flows.serve import serve_deployments
 
@@ -179,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="./lake", help="lake root: a directory or s3://bucket/prefix")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of one or more runs (overlaid)")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--root", default="./lake", help="lake root: a directory or s3://bucket/prefix")
+    p.add_argument("--out", help="output HTML file (default: ./bstar-report-<runs>.html)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     p.add_argument("--file", default="deployments/prefect.yaml")

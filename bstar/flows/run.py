@@ -19,6 +19,7 @@ from bstar.flows.evaluate import evaluate_policy
 from bstar.flows.iteration import iteration
 from bstar.tasks.common import lake_of, result_storage
 from bstar.tasks.data import record_run
+from bstar.tasks.evaluation import publish_report
 from bstar.tasks.training import warm_up
 
 
@@ -63,4 +64,5 @@ def bstar_run(config: dict | str, run_id: str | None = None, overrides: list[str
         summary = iteration.with_options(result_storage=cached)(run_id, i, policy, initial, cfg_json)
         policy = summary["policy"]
         rounds.append(summary)
+    publish_report(run_id, cfg_json)
     return {"run_id": run_id, "root": cfg.storage.root, "start": start, "rounds": rounds, "policy": policy}

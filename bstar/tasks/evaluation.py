@@ -115,3 +115,12 @@ def publish_round(run_id: str, iteration: int, summary: dict, cfg_json: str) -> 
         description=f"B-STaR round {iteration} of {run_id}",
     )
     return key
+
+
+@task(name="publish-report")
+def publish_report(run_id: str, cfg_json: str) -> list[str]:
+    """The run report's plots as Prefect artifacts of this flow run (the UI shows them)."""
+    from bstar.reports import publish_report_artifacts
+
+    cfg = load_cfg(cfg_json)
+    return publish_report_artifacts(run_id, cfg.storage.root, storage_options=cfg.storage.storage_options() or None)
