@@ -100,15 +100,15 @@ def cmd_warmup(args) -> dict:
     _, pairs = arith_pairs(args.n_train, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         init = build_model(args, f"{tmp}/init")
-        t = time.time()
+        t, c = time.time(), time.process_time()
         info = train_sft(pairs, init, args.keep or f"{tmp}/sft", mode="iterative", lr=args.lr,
                          batch_size=args.batch_size, max_steps=args.steps, warmup_ratio=args.warmup_ratio,
                          min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, seed=args.seed,
                          device=args.device, log_every=max(1, args.steps // 10), progress=False)
-        train_s = time.time() - t
+        train_s, train_cpu = time.time() - t, time.process_time() - c
         res = {
             "bench": "warmup", "n_train": args.n_train, "steps": args.steps, "batch_size": args.batch_size,
-            "lr": args.lr, "hidden": args.hidden, "layers": args.layers, "train_s": round(train_s, 1),
+            "lr": args.lr, "hidden": args.hidden, "layers": args.layers, "train_s": round(train_s, 1), "train_cpu_s": round(train_cpu, 1),
             "final_loss": round(sum(info.losses[-10:]) / len(info.losses[-10:]), 4),
             "train_tok_per_s": round(info.tokens / train_s, 1),
         }
@@ -131,25 +131,27 @@ def cmd_sample(args) -> dict:
         model, tok = load_policy(path, device=args.device, dtype="auto")
         s = TransformersSampler(path, device=args.device, model=model, tokenizer=tok, max_batch_rows=args.max_batch_rows)
         s.sample(prompts[:8], k=2, temperature=1.0, max_new_tokens=8, progress=False)  # warm up kernels
-        t = time.time()
+        t, c = time.time(), time.process_time()
         cands = s.sample(prompts, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                          progress=False)
-        ours_s = time.time() - t
+        ours_s, ours_cpu = time.time() - t, time.process_time() - c
         ours_tokens = sum(c.n_tokens for cs in cands for c in cs)
         res = {"bench": "sample", "prompts": args.prompts, "k": args.k, "temperature": args.temperature,
                "max_new_tokens": args.max_new_tokens, "device": args.device, "threads": torch.get_num_threads(),
                "ours_s": round(ours_s, 2), "ours_tokens": ours_tokens, "ours_tok_per_s": round(ours_tokens / ours_s, 1),
+               "ours_cpu_s": round(ours_cpu, 2),
                "ours_finish_stop": sum(c.finish_reason == "stop" for cs in cands for c in cs)}
         # the naive loop on a subset (it is slow); tokens/s is what we compare
         n_naive = min(args.naive_prompts, args.prompts)
-        t = time.time()
+        t, c = time.time(), time.process_time()
         texts = naive_generate(model, tok, prompts[:n_naive], k=args.k, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens)
-        naive_s = time.time() - t
+        naive_s, naive_cpu = time.time() - t, time.process_time() - c
         naive_tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) + 1 for ts in texts for x in ts)
-        res.update({"naive_prompts": n_naive, "naive_s": round(naive_s, 2), "naive_tokens": naive_tokens,
-                    "naive_tok_per_s": round(naive_tokens / naive_s, 1)})
+        res.update({"naive_prompts": n_naive, "naive_s": round(naive_s, 2), "naive_cpu_s": round(naive_cpu, 2),
+                    "naive_tokens": naive_tokens, "naive_tok_per_s": round(naive_tokens / naive_s, 1)})
         res["speedup"] = round(res["ours_tok_per_s"] / res["naive_tok_per_s"], 2)
+        res["speedup_cpu_time"] = round((ours_tokens / ours_cpu) / (naive_tokens / naive_cpu), 2)
         res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return res
 
@@ -165,13 +167,15 @@ def cmd_train(args) -> dict:
         init = args.model or build_model(args, f"{tmp}/init")
         train_sft(pairs, init, f"{tmp}/w", max_steps=2, batch_size=args.batch_size, device=args.device,
                   progress=False, save_optimizer=False)  # warm up
-        t = time.time()
+        t, c = time.time(), time.process_time()
         info = train_sft(pairs, init, f"{tmp}/sft", max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          device=args.device, progress=False, save_optimizer=False)
-        secs = time.time() - t
+        secs, cpu = time.time() - t, time.process_time() - c
     n_all = sum(len(p) + len(r) + 2 for p, r in pairs[: args.batch_size]) / args.batch_size  # chars ~ tokens
     return {"bench": "train", "steps": args.steps, "batch_size": args.batch_size, "device": args.device,
             "threads": torch.get_num_threads(), "seconds": round(secs, 2), "s_per_step": round(secs / args.steps, 3),
+            # CPU seconds of this process per step: ~ the wall time per step on an idle machine at 1 thread
+            "cpu_s_per_step": round(cpu / args.steps, 3),
             "response_tok_per_s": round(info.tokens / secs, 1),
             "all_tok_per_s_est": round(n_all * args.batch_size * args.steps / secs, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1)}
