@@ -303,17 +303,13 @@ def ranking_metrics(scored: pl.DataFrame, ks, ss) -> pl.DataFrame:
     return pl.concat([f.cast(METRIC_SCHEMA) for f in frames]).select(list(METRIC_SCHEMA))
 
 
-@stage_task
-def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
-    """This round's eval candidates ranked by answer-only, answer+PRM and PRM-only rewards."""
+def compare_rankings(lake, cfg, run_id: str, iteration: int, stage: str = "eval") -> pl.DataFrame:
+    """`ranking_metrics` of one round's stored eval candidates (needs both the `<verifier>` and the
+    `<verifier>+prm` rewards, which `score_candidates` writes for an answer+prm run)."""
     from bstar.tasks.scoring import base_verifier, verifier_of
 
-    cfg = load_cfg(cfg_json)
-    lake = lake_of(cfg)
-    if not cfg.eval.k:
-        return {"iteration": iteration, "rows": 0}
-    cands = lake.read("candidates", run_id, iteration, "eval")
-    rewards = lake.read("rewards", run_id, iteration, "eval")
+    cands = lake.read("candidates", run_id, iteration, stage)
+    rewards = lake.read("rewards", run_id, iteration, stage)
     prm_rows = rewards.filter(pl.col("scorer") == verifier_of(cfg)).select("query_id", "sample_idx", "prm", "reward")
     ans_rows = rewards.filter(pl.col("scorer") == base_verifier(cfg)).select("query_id", "sample_idx", "correct")
     splits = lake.read("queries", run_id, 0).filter(pl.col("split") != SPLIT_TRAIN).select("query_id", "split").unique()
@@ -323,7 +319,17 @@ def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
         .join(prm_rows, on=["query_id", "sample_idx"])
         .join(splits, on="query_id")
     )
-    metrics = ranking_metrics(scored, cfg.eval.ks, cfg.eval.ss)
+    return ranking_metrics(scored, cfg.eval.ks, cfg.eval.ss)
+
+
+@stage_task
+def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
+    """This round's eval candidates ranked by answer-only, answer+PRM and PRM-only rewards."""
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    if not cfg.eval.k:
+        return {"iteration": iteration, "rows": 0}
+    metrics = compare_rankings(lake, cfg, run_id, iteration)
     lake.write("metrics", metrics, run_id, iteration, stage="prm-compare")
     best = metrics.filter(pl.col("name").str.starts_with("reward@k-s") & (pl.col("s") == 1) & (pl.col("k") == max(cfg.eval.ks)))
     return {"iteration": iteration, "rows": metrics.height,
