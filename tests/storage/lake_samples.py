@@ -61,5 +61,13 @@ SAMPLE = {
         {"split": "test", "name": "pass@k-s", "k": 8, "s": 2, "value": 0.61},
     ],
     "checkpoints": lambda: [{"step": 100, "path": "runs/r1/ckpt-1", "mode": "online"}],
+    "annotations": lambda: [
+        {"query_id": "q0", "sample_idx": 0, "step": i, "n_steps": 2, "step_text": text, "prefix": prefix,
+         "hard_label": ok, "soft_label": soft, "n_rollouts": 4, "n_correct": int(4 * soft),
+         "final_correct": False, "true_label": ok, "completer": "runs/r1/ckpt-1"}
+        for i, (text, prefix, ok, soft) in enumerate(
+            [("1+2=3", "1+2=3", True, 0.75), ("3+4=8", "1+2=3; 3+4=8", False, 0.0)]
+        )
+    ],
 }
 STAGES = {"candidates": "train", "rewards": "train"}

@@ -8,7 +8,9 @@ from lake_samples import SAMPLE, STAGES
 
 
 def test_every_table_has_spec_and_key_columns_exist():
-    assert set(TABLES) == {"runs", "queries", "candidates", "rewards", "search", "selections", "metrics", "checkpoints"}
+    assert set(TABLES) == {
+        "runs", "queries", "candidates", "rewards", "search", "selections", "metrics", "checkpoints", "annotations"
+    }
     for t in TABLES.values():
         for k in t.key:
             assert k in t.schema.names, (t.name, k)
