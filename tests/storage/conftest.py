@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from s3server import S3Server, WeedNotFound, find_weed  # noqa: E402
-
-from bstar.storage.lake import Lake  # noqa: E402
+from bstar.storage.lake import Lake
+from tests.s3server import S3Server, WeedNotFound, find_weed
 
 
 @pytest.fixture
