@@ -28,10 +28,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--hi", type=int, default=9, help="largest arith operand (prm-demo: 9)")
+    ap.add_argument("--max-ops", type=int, default=2)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from bstar.datasets.arith import generate
+    from bstar.datasets.arith import ArithSpec, generate
     from bstar.models.prm import load_prm, split_steps
     from bstar.models.prm_train import train_prm
     from bstar.models.sampling import get_sampler
@@ -40,7 +42,7 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="bench-prm-")
     policy = args.policy or build_tiny_policy(f"{work}/policy", hidden=args.hidden, layers=args.layers, heads=2)
-    rows = generate(args.queries, seed=1, max_ops=3)
+    rows = generate(args.queries, seed=1, spec=ArithSpec(max_ops=args.max_ops, hi=args.hi))
     prompts = [f"Q: {r['prompt']} A: " for r in rows]
 
     # annotation: N solutions, then M rollouts from every distinct non-final prefix, then verify
