@@ -54,6 +54,12 @@ def compute_metrics(run_id: str, iteration: int, scorer: str, sampled: bool, cfg
     if sampled:
         scored = _with_split(lake, run_id, iteration, "eval", scorer, splits)
         frames.append(sample_metrics(scored, cfg.eval.ks, cfg.eval.ss).select(METRIC_COLUMNS))
+        if scorer.endswith("+prm"):
+            # Reward@K-S when ranking by the PRM and by the answer alone, side by side.
+            from bstar.tasks.prm import compare_rankings
+
+            ranked = compare_rankings(lake, cfg, run_id, iteration)
+            frames.append(ranked.filter(pl.col("name").str.starts_with("reward@k-s[")).select(METRIC_COLUMNS))
     if lake.exists("search", run_id, iteration):
         chosen = lake.read("search", run_id, iteration).filter("chosen")
         frames.append(
