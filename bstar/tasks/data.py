@@ -97,6 +97,11 @@ def read_queries(cfg, run_id: str, split: str | None = None) -> pl.DataFrame:
     return q.filter(pl.col("split") == split) if split else q
 
 
+def test_splits(lake, run_id: str) -> pl.DataFrame:
+    """(query_id, split) of every test query of the run."""
+    return lake.read("queries", run_id, 0).filter(pl.col("split") != SPLIT_TRAIN).select("query_id", "split").unique()
+
+
 def subset_frame(cfg, run_id: str, subset: str, iteration: int) -> pl.DataFrame:
     """The queries a stage samples: `search`, `round` (this round's M) or a test split name."""
     if subset in ("search", "round"):

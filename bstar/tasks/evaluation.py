@@ -12,6 +12,7 @@ import polars as pl
 from prefect import task
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
+from bstar.tasks.data import test_splits
 
 METRIC_COLUMNS = ("split", "name", "k", "s", "value")
 
@@ -49,7 +50,7 @@ def compute_metrics(run_id: str, iteration: int, scorer: str, sampled: bool, cfg
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
-    splits = lake.read("queries", run_id, 0).filter(pl.col("split") != "train").select("query_id", "split").unique()
+    splits = test_splits(lake, run_id)
     frames = [greedy_metrics(_with_split(lake, run_id, iteration, "greedy", scorer, splits))]
     if sampled:
         scored = _with_split(lake, run_id, iteration, "eval", scorer, splits)

@@ -22,7 +22,7 @@ import time
 import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
-from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries
+from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries, test_splits
 
 ANNOTATE_STAGE = "annotate"
 PRM_EVAL_STAGE = "prm-eval"
@@ -312,7 +312,7 @@ def compare_rankings(lake, cfg, run_id: str, iteration: int, stage: str = "eval"
     rewards = lake.read("rewards", run_id, iteration, stage)
     prm_rows = rewards.filter(pl.col("scorer") == verifier_of(cfg)).select("query_id", "sample_idx", "prm", "reward")
     ans_rows = rewards.filter(pl.col("scorer") == base_verifier(cfg)).select("query_id", "sample_idx", "correct")
-    splits = lake.read("queries", run_id, 0).filter(pl.col("split") != SPLIT_TRAIN).select("query_id", "split").unique()
+    splits = test_splits(lake, run_id)
     scored = (
         cands.select("query_id", "sample_idx", "response")
         .join(ans_rows, on=["query_id", "sample_idx"])

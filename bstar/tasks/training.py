@@ -75,10 +75,9 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
 @stage_task(tags=("gpu",))
 def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
     """SFT on this round's selections; the training mode picks the starting checkpoint."""
-    from bstar.datasets import render_prompt
     from bstar.models.trainer import round_init_checkpoint, train_sft
 
-    from bstar.tasks.sampling import template_of
+    from bstar.tasks.sampling import render_prompts
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
@@ -90,8 +89,7 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
         lake.write("checkpoints", [{"step": _step_of(start), "path": start, "mode": mode}], run_id, iteration)
         return {"policy": start, "step": _step_of(start), "examples": 0}
     rows = selected.join(read_queries(cfg, run_id, "train"), on="query_id").sort("query_id", "sample_idx")
-    rows = as_rows(rows)
-    examples = [(render_prompt(template_of(cfg, r), r), r["response"]) for r in rows]
+    examples = list(zip(render_prompts(cfg, rows), rows["response"].to_list()))
     t = cfg.training
     steps = dict(max_steps=t.max_steps) if t.max_steps else dict(epochs=t.epochs)
     info = train_sft(
