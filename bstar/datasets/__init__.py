@@ -16,6 +16,8 @@ Spec keys (a dict, a name string, or any object with `model_dump()`):
   `register_dataset`, or any name together with `loader`;
 - `path` (local file or fsspec URL) or `hub_id` (+ `config`), else the built-in's default hub id;
 - `split` (default per dataset), `limit` (first N valid rows), `on_error` (`raise` | `skip`);
+- `max_prompt_chars` (top level or in `options`): longer prompts are malformed records
+  (default `rows.MAX_PROMPT_CHARS`, 200,000);
 - `loader`: `package.module:function` returning an iterable of row dicts (`prompt`, `answer`,
   optional `query_id`, `meta`); it is called with `options` as keyword arguments, plus `split`,
   `path` and `limit` when its signature takes them;
@@ -33,7 +35,7 @@ from typing import Any, Callable
 
 from bstar.datasets import arith as arith_task
 from bstar.datasets.loaders import BUILTIN
-from bstar.datasets.rows import RowError, Rows, build_rows, check_row, read_hub, read_local
+from bstar.datasets.rows import MAX_PROMPT_CHARS, RowError, Rows, build_rows, check_row, read_hub, read_local
 from bstar.datasets.templates import TEMPLATES, answer_for_verifier, gold_response, question_text, render_prompt
 
 __all__ = [
@@ -87,6 +89,7 @@ def load(spec: Any) -> Rows:
     if not name or not isinstance(name, str):
         raise ValueError(f"dataset spec needs a 'name': {s}")
     options = dict(s.get("options") or {})
+    max_chars = s.get("max_prompt_chars") or options.pop("max_prompt_chars", None) or MAX_PROMPT_CHARS
     on_error = s.get("on_error") or "raise"
     limit = s.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -97,7 +100,7 @@ def load(spec: Any) -> Rows:
         loader, default_verifier = _USER[name]
         verifier = verifier or default_verifier
     if loader is not None:
-        return _load_user(name, loader, verifier, s, options, on_error, limit)
+        return _load_user(name, loader, verifier, s, options, on_error, limit, max_chars)
     if name == "arith":
         return _load_arith(s, options, limit, verifier)
     if name not in BUILTIN:
@@ -111,7 +114,9 @@ def load(spec: Any) -> Rows:
     else:
         records = read_hub(hub_id, s.get("config") or hub_config, split, configs=hub_configs)
     verifier_name = _verifier_name(name, verifier) or default_verifier
-    return build_rows(records, mapper, dataset=name, verifier=verifier_name, on_error=on_error, limit=limit)
+    return build_rows(
+        records, mapper, dataset=name, verifier=verifier_name, on_error=on_error, limit=limit, max_prompt_chars=max_chars
+    )
 
 
 def _verifier_name(dataset: str, verifier: str | Callable | None) -> str | None:
@@ -144,7 +149,7 @@ def _load_arith(s: dict, options: dict, limit: int | None, verifier) -> Rows:
     return Rows(rows, dataset="arith", verifier=_verifier_name("arith", verifier) if verifier else "arith")
 
 
-def _load_user(name, loader, verifier, s, options, on_error, limit) -> Rows:
+def _load_user(name, loader, verifier, s, options, on_error, limit, max_chars) -> Rows:
     from bstar.verifiers.registry import resolve
 
     try:
@@ -172,4 +177,5 @@ def _load_user(name, loader, verifier, s, options, on_error, limit) -> Rows:
         verifier=_verifier_name(name, verifier),
         on_error=on_error,
         limit=limit,
+        max_prompt_chars=max_chars,
     )

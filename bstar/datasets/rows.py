@@ -6,6 +6,9 @@ Error policy. A malformed record (not UTF-8, not JSON, a missing or empty field,
 tests) raises `RowError` naming the file, the line (or row index) and the field, or, with
 `on_error="skip"`, is skipped and counted in `Rows.skipped` / `Rows.errors`.
 
+Size. A prompt longer than `MAX_PROMPT_CHARS` (a 10 MB "question" is a broken record, and no
+model context holds it) is a malformed record too; `max_prompt_chars=` changes the limit.
+
 Duplicate query ids. An exact duplicate (same id, prompt and answer) is dropped and counted in
 `Rows.duplicates`: copies of one question in a file are harmless. The same id with different
 content is a malformed record (raise, or skip the later one).
@@ -17,6 +20,11 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+# The longest APPS question is about 15k characters; 200k is far beyond any real prompt and far
+# beyond what a model's context can take, while a runaway record (a file's worth of text in one
+# field) is caught before it reaches the sampler.
+MAX_PROMPT_CHARS = 200_000
 
 
 class RowError(ValueError):
@@ -170,8 +178,9 @@ def build_rows(
     verifier: str | None,
     on_error: str = "raise",
     limit: int | None = None,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
 ) -> Rows:
-    """Map records to internal rows under the error and duplicate policies above."""
+    """Map records to internal rows under the error, size and duplicate policies above."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     out = Rows(dataset=dataset, verifier=verifier)
@@ -182,7 +191,7 @@ def build_rows(
         try:
             if isinstance(raw, RowError):
                 raise raw
-            row = check_row(mapper(raw, where), where)
+            row = check_row(mapper(raw, where), where, max_prompt_chars=max_prompt_chars)
             qid = row["query_id"]
             if qid in first_seen:
                 prompt, answer, first_where = first_seen[qid]
@@ -200,13 +209,15 @@ def build_rows(
     return out
 
 
-def check_row(row: Any, where: str) -> dict:
+def check_row(row: Any, where: str, *, max_prompt_chars: int = MAX_PROMPT_CHARS) -> dict:
     """The internal-row contract, applied to every loader's output (built-in or user)."""
     if not isinstance(row, dict):
         raise RowError(where, None, f"loader returned {type(row).__name__}, not a dict")
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowError(where, "prompt", "missing or empty")
+    if len(prompt) > max_prompt_chars:
+        raise RowError(where, "prompt", f"{len(prompt):,} characters, over the limit of {max_prompt_chars:,}")
     answer = row.get("answer")
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         raise RowError(where, "answer", "missing or empty")

@@ -87,12 +87,19 @@ def check_read_only(sql: str) -> str:
         raise ReadOnlyError(f"exactly one statement is allowed, got {len(stmts)}")
     st = stmts[0]
     text = st.query
-    if st.type != duckdb.StatementType.SELECT:
+    try:
+        kind = st.type
+    except ValueError:  # a statement newer than the Python enum (e.g. UPDATE EXTENSIONS): not a SELECT
+        raise ReadOnlyError(
+            f"{_keyword(text)} is not allowed: the SQL entry point is read-only; "
+            "only SELECT queries over the lake views are accepted"
+        ) from None
+    if kind != duckdb.StatementType.SELECT:
         kw = _keyword(text)
         if kw == "COPY":
             kw = "COPY ... TO"
         raise ReadOnlyError(
-            f"{kw} is not allowed: the SQL entry point is read-only (statement type {st.type.name}); "
+            f"{kw} is not allowed: the SQL entry point is read-only (statement type {kind.name}); "
             "only SELECT queries over the lake views are accepted"
         )
     with duckdb.connect(":memory:") as con:

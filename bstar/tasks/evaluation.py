@@ -2,7 +2,9 @@
 
 Greedy Pass@1 per test split (stage `greedy`), sampled metrics from K samples per test query
 (stage `eval`: Pass@k, Pass@K-S, Reward@K-S, diversity), the balance score of the round's chosen
-configuration, and the count of scorer failures kept apart from wrong answers. Everything is
+configuration, and the count of scorer failures kept apart from wrong answers (greedy: `n`,
+`wrong_answers`, `scorer_errors`; sampled: `sampled_n`, `sampled_wrong_answers`,
+`sampled_scorer_errors`, where `n` counts judged items and a scorer failure is neither). Everything is
 recomputed from stored rows, so `bstar rescore` or a new metric can rebuild it later.
 """
 
@@ -13,15 +15,21 @@ from prefect import task
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
 from bstar.tasks.data import test_splits
+from bstar.verifiers.base import SCORER_FAILURES
 
 METRIC_COLUMNS = ("split", "name", "k", "s", "value")
+_FAILED = pl.col("status").is_in(list(SCORER_FAILURES))
+_WRONG = ~_FAILED & ~pl.col("correct").fill_null(False)
 
 
 def _with_split(lake, run_id: str, iteration: int, stage: str, scorer: str, splits: pl.DataFrame) -> pl.DataFrame:
     from bstar.tasks.selection import scored_frame
 
     scored = scored_frame(lake, run_id, iteration, stage, scorer)
-    return scored.join(splits, on="query_id", how="inner")
+    # scored_frame reads a scorer failure as not correct (right for selection); here it must stay
+    # unjudged, or greedy Pass@1 and `n` would count the scorer's failures as the policy's
+    correct = pl.when(_FAILED).then(None).otherwise(pl.col("correct")).alias("correct")
+    return scored.join(splits, on="query_id", how="inner").with_columns(correct)
 
 
 def greedy_metrics(greedy: pl.DataFrame) -> pl.DataFrame:
@@ -31,16 +39,37 @@ def greedy_metrics(greedy: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.col("correct").cast(pl.Float64).mean().alias("pass@1"),
             pl.col("correct").count().alias("n"),  # judged items; scorer failures are counted apart
-            pl.col("status").is_in(["timeout", "error"]).sum().cast(pl.Float64).alias("scorer_errors"),
+            _WRONG.sum().cast(pl.Float64).alias("wrong_answers"),
+            _FAILED.sum().cast(pl.Float64).alias("scorer_errors"),
         )
         .with_columns(((pl.col("pass@1") * (1 - pl.col("pass@1")) / pl.col("n")).sqrt()).alias("pass@1_se"))
-        .unpivot(index="split", on=["pass@1", "pass@1_se", "n", "scorer_errors"], variable_name="name")
+        .unpivot(index="split", on=["pass@1", "pass@1_se", "n", "wrong_answers", "scorer_errors"], variable_name="name")
         .with_columns(
             pl.when(pl.col("name").str.starts_with("pass@1")).then(1).otherwise(None).cast(pl.Int32).alias("k"),
             pl.lit(None, dtype=pl.Int32).alias("s"),
             pl.col("name").str.replace("pass@1", "greedy_pass@1"),
         )
         .select(METRIC_COLUMNS)
+    )
+
+
+def outcome_counts(scored: pl.DataFrame, prefix: str = "sampled_") -> pl.DataFrame:
+    """Per split: judged samples, wrong answers and scorer failures (timeout/error), as metric rows.
+
+    Pass@k and friends count a scorer failure as not correct; these rows say how many of the
+    misses were the scorer's and not the policy's.
+    """
+    return (
+        scored.group_by("split")
+        .agg(
+            (~_FAILED).sum().cast(pl.Float64).alias(f"{prefix}n"),
+            _WRONG.sum().cast(pl.Float64).alias(f"{prefix}wrong_answers"),
+            _FAILED.sum().cast(pl.Float64).alias(f"{prefix}scorer_errors"),
+        )
+        .unpivot(index="split", variable_name="name")
+        .with_columns(pl.lit(None, dtype=pl.Int32).alias("k"), pl.lit(None, dtype=pl.Int32).alias("s"))
+        .select(METRIC_COLUMNS)
+        .sort("split", "name")
     )
 
 
@@ -55,6 +84,7 @@ def compute_metrics(run_id: str, iteration: int, scorer: str, sampled: bool, cfg
     if sampled:
         scored = _with_split(lake, run_id, iteration, "eval", scorer, splits)
         frames.append(sample_metrics(scored, cfg.eval.ks, cfg.eval.ss).select(METRIC_COLUMNS))
+        frames.append(outcome_counts(scored))
         if scorer.endswith("+prm"):
             # Reward@K-S when ranking by the PRM and by the answer alone, side by side.
             from bstar.tasks.prm import compare_rankings

@@ -11,9 +11,7 @@ import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, read_queries
-
-# Verdict statuses that mean "the scorer could not judge", as opposed to a wrong answer.
-SCORER_FAILURES = ("timeout", "error")
+from bstar.verifiers.base import SCORER_FAILURES
 
 
 PRM_SUFFIX = "+prm"

@@ -10,7 +10,10 @@ Names: `arith`, `gsm8k`, `math`, `multiple_choice`, `code`, anything added with
 `register_verifier(name, "pkg.mod:fn")`, or a dotted path `"pkg.mod:fn"` used directly as the name.
 
 Status values (`Verdict.status`): ok, no_answer, timeout, error, compile_error, runtime_error,
-wrong_answer. `ok` means the grader ran; `correct` says whether the answer matched. A verifier
+wrong_answer, time_limit. `ok` means the grader ran; `correct` says whether the answer matched.
+`timeout` and `error` (`SCORER_FAILURES`) mean the grader could not judge: such items get no
+reward and are counted apart from wrong answers; `time_limit` is a program that was too slow,
+a wrong answer. A verifier
 never raises on model output. The exception is `SandboxUnavailable` from `code` when bubblewrap
 cannot run and unsandboxed execution was not allowed: that is a machine-setup problem, and a
 run should stop rather than score every program as an error.
@@ -34,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from bstar.verifiers.arith import StepCheck, check_steps, step_details
-from bstar.verifiers.base import STATUSES, Verdict
+from bstar.verifiers.base import SCORER_FAILURES, STATUSES, Verdict
 from bstar.verifiers.registry import (
     SandboxUnavailable,
     VerifierSpec,
@@ -45,6 +48,7 @@ from bstar.verifiers.registry import (
 )
 
 __all__ = [
+    "SCORER_FAILURES",
     "STATUSES",
     "SandboxUnavailable",
     "StepCheck",

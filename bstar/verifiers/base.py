@@ -20,7 +20,13 @@ ERROR = "error"
 COMPILE_ERROR = "compile_error"
 RUNTIME_ERROR = "runtime_error"
 WRONG_ANSWER = "wrong_answer"
-STATUSES = (OK, NO_ANSWER, TIMEOUT, ERROR, COMPILE_ERROR, RUNTIME_ERROR, WRONG_ANSWER)
+# A generated program that ran past its time limit: judged wrong, like runtime_error. Kept apart
+# from `timeout`, which says the grader itself ran out of time and so has no verdict; an infinite
+# loop must count as a wrong answer, not as a scorer failure.
+TIME_LIMIT = "time_limit"
+STATUSES = (OK, NO_ANSWER, TIMEOUT, ERROR, COMPILE_ERROR, RUNTIME_ERROR, WRONG_ANSWER, TIME_LIMIT)
+# Statuses that mean "the scorer could not judge": no reward, counted apart from wrong answers.
+SCORER_FAILURES = (TIMEOUT, ERROR)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ JSON string or a dict, or a dict `{"input_output": <that>, "fn_name"?: ...}`. Wi
 tests are call-based (inputs are argument lists; a top-level function or a `Solution` method);
 without it they are stdin/stdout.
 
-Statuses: `ok` (all tests pass; `correct=True`), `compile_error`, `runtime_error`, `timeout`,
+Statuses: `ok` (all tests pass; `correct=True`), `compile_error`, `runtime_error`, `time_limit`
+(a test ran past `test_timeout`, its CPU limit, or the problem's `budget` ran out: a wrong answer),
 `wrong_answer` (the first failing test's), `no_answer` (no fenced block), `error` (bad tests
-JSON or a sandbox failure). `detail` says which test failed and how many passed; `extracted`
+JSON or a sandbox failure), `timeout` (the sandbox itself had to be killed: no verdict). `detail` says which test failed and how many passed; `extracted`
 is the program text.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 
-from bstar.verifiers.base import COMPILE_ERROR, ERROR, NO_ANSWER, OK, TIMEOUT, Verdict, as_text
+from bstar.verifiers.base import COMPILE_ERROR, ERROR, NO_ANSWER, OK, TIME_LIMIT, TIMEOUT, Verdict, as_text
 from bstar.verifiers.registry import SandboxUnavailable
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -140,4 +141,6 @@ def verify_code(
     if failing is None:  # the runner stopped early without a failure: should not happen
         return Verdict(False, code, ERROR, f"only {len(results)} of {n} tests ran")
     r = results[failing]
-    return Verdict(False, code, r["status"], f"test {failing + 1}/{n}: {r.get('detail', '')[:300]}; passed {passed}/{n}")
+    # the runner says `timeout` for a program over its limits; here that is a judged failure
+    status = TIME_LIMIT if r["status"] == TIMEOUT else r["status"]
+    return Verdict(False, code, status, f"test {failing + 1}/{n}: {r.get('detail', '')[:300]}; passed {passed}/{n}")

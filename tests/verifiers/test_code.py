@@ -116,20 +116,20 @@ def attack(code: str, expected: str = "3\n", **kw):
 @pytest.mark.parametrize(
     "name,code,statuses",
     [
-        ("infinite loop", "while True:\n    pass", {"timeout"}),
-        ("sleep", "import time\ntime.sleep(600)", {"timeout"}),
+        ("infinite loop", "while True:\n    pass", {"time_limit"}),
+        ("sleep", "import time\ntime.sleep(600)", {"time_limit"}),
         ("8 GB allocation", "x = bytearray(8 * 1024 ** 3)\nprint(3)", {"runtime_error"}),
         ("recursion", "def f(n):\n    return f(n + 1)\nf(0)", {"runtime_error"}),
         (
             "recursion bomb (limit lifted)",
             "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1) + 1\nf(0)",
-            {"runtime_error", "timeout"},  # Python 3.11 frames live on the heap: RLIMIT_AS or the clock stops it
+            {"runtime_error", "time_limit"},  # Python 3.11 frames live on the heap: RLIMIT_AS or the clock stops it
         ),
         ("huge output", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", {"runtime_error"}),
         (
             "fork bomb",
             "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-            {"timeout", "runtime_error"},
+            {"time_limit", "runtime_error"},
         ),
         (
             "kill the judge",
@@ -235,7 +235,7 @@ def test_project_and_home_are_not_readable(clean_host):
 def test_per_problem_budget(clean_host):
     io = json.dumps({"inputs": ["1\n"] * 6, "outputs": ["x\n"] * 6})
     v = verify("code", fenced("import time\ntime.sleep(0.8)\nprint('x')"), io, test_timeout=2.0, budget=2.0)
-    assert v.status == "timeout" and not v.correct, v
+    assert v.status == "time_limit" and not v.correct, v
 
 
 @needs_bwrap
@@ -243,7 +243,7 @@ def test_verify_many_code(clean_host):
     good = fenced("a, b = map(int, input().split())\nprint(a + b)")
     pairs = [(good, STDIO), (fenced("while True: pass"), STDIO), (fenced("print(1"), STDIO), (good, STDIO)]
     out = verify_many("code", [(p, a, {"test_timeout": 1.0}) for p, a in pairs], workers=2)
-    assert [v.status for v in out] == ["ok", "timeout", "compile_error", "ok"]
+    assert [v.status for v in out] == ["ok", "time_limit", "compile_error", "ok"]
 
 
 # --- no bubblewrap ------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_refuses_without_bwrap_unless_allowed(monkeypatch, clean_host):
         v = verify("code", good, STDIO, allow_unsandboxed=True)
         assert v.correct and v.status == "ok"
         monkeypatch.setenv("BSTAR_ALLOW_UNSANDBOXED", "1")
-        assert verify("code", fenced("while True: pass"), STDIO, test_timeout=1.0).status == "timeout"
+        assert verify("code", fenced("while True: pass"), STDIO, test_timeout=1.0).status == "time_limit"
         assert verify("code", fenced("x = bytearray(8 * 1024 ** 3)"), STDIO).status == "runtime_error"
     finally:
         sb._probe.cache_clear()
