@@ -13,6 +13,8 @@
                                                   annotate steps, train a PRM, run B-STaR with it
     bstar prm eval CONFIG --prm PATH --policy PATH [--run-id ID] [--root URL]
                                                   PRM step accuracy / AUC / Best-of-K on a test split
+    bstar compare CONFIG [--id ID] [--resume ID] [--only ARM ...] [--set key=value ...] [--root URL]
+                                                  several methods from one shared warm-up: table + report
     bstar version
 
 Heavy imports (torch, Prefect, DuckDB) happen inside the subcommand that needs them, so
@@ -29,6 +31,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from bstar.config import load_config
 
     cfg = load_config(args.config, overrides=args.set)
+    from bstar.preflight import preflight
+
+    preflight(cfg, storage=False)  # paths, data files, verifiers; `bstar run` also tries the storage root
     print(cfg.model_dump_json(indent=2, exclude={"storage": {"key", "secret"}}))
     print(f"\nok: method={cfg.method} mode={cfg.training_mode} n*={cfg.selection.n_star}", file=sys.stderr)
     return 0
@@ -56,8 +61,8 @@ def print_summary(result: dict) -> None:
     table = Table(title=f"run {result['run_id']}  (lake: {result['root']})")
     for col in ("round", "temperature", "threshold", "balance score", "selected", "greedy Pass@1"):
         table.add_column(col, justify="right")
-    p0 = result["start"]["pass@1"]
-    table.add_row("start", "", "", "", "", " ".join(f"{fmt(v)}" for v in p0.values()))
+    if result["start"]:
+        table.add_row("start", "", "", "", "", " ".join(fmt(v) for v in result["start"]["pass@1"].values()))
     for i, r in enumerate(result["rounds"], 1):
         table.add_row(
             str(i),
@@ -79,6 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.root:
         overrides.append(f"storage.root={args.root}")
     cfg = load_config(args.config, overrides=overrides)  # fail on a bad config before Prefect starts
+    from bstar.preflight import preflight
+
+    preflight(cfg)  # a missing model, data file or wrong S3 credentials fail here, naming the field
     run_id = args.resume or args.run_id or cfg.run_id
     if args.resume:
         from bstar.storage.lake import Lake
@@ -106,6 +114,9 @@ def _cmd_prm(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides=overrides)
     _export_credentials(cfg)
     if args.prm_command == "run":
+        from bstar.preflight import preflight
+
+        preflight(cfg)
         from bstar.flows.prm import prm_run
 
         result = prm_run(config=str(args.config), run_id=args.resume or args.run_id or cfg.run_id, overrides=overrides)
@@ -136,6 +147,70 @@ def _cmd_prm(args: argparse.Namespace) -> int:
 
     print(json.dumps(prm_eval(), indent=1))
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bstar.config import load_compare_config
+
+    overrides = list(args.set) + ([f"base.storage.root={args.root}"] if args.root else [])
+    cc = load_compare_config(args.config, overrides)  # a bad config fails before Prefect starts
+    from bstar.preflight import preflight
+
+    preflight(cc.base)
+    unknown = sorted(set(args.only or []) - {a.name for a in cc.arms})
+    if unknown:
+        raise ValueError(f"--only {unknown}: no such arm (arms: {[a.name for a in cc.arms]})")
+    compare_id = args.resume or args.id
+    if args.resume:
+        from bstar.storage.lake import Lake
+
+        if not Lake(cc.base.storage.root, cc.base.storage.storage_options()).exists("runs", f"{args.resume}-start", 0):
+            raise ValueError(f"--resume {args.resume}: no such comparison under {cc.base.storage.root}")
+    _export_credentials(cc.base)
+    from bstar.flows.compare import compare
+    from bstar.reports import build_report
+
+    result = compare(config=str(args.config), compare_id=compare_id, only=args.only, overrides=overrides)
+    print_comparison(result)
+    out = args.out or f"bstar-report-{result['compare_id']}.html"
+    present = [r for r in result["run_ids"] if r in result["sampled"] or r.endswith("-start")]
+    path = build_report(present, cc.base.storage.root, out=out, storage_options=cc.base.storage.storage_options() or None)
+    print(f"report:       {path}")
+    print(f"resume:       bstar compare {args.config} --resume {result['compare_id']}")
+    return 0
+
+
+def print_comparison(result: dict) -> None:
+    """The comparison table (95% intervals) and the per-round B-STaR trajectories."""
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
+
+    from bstar.reports.compare import HEADER, format_rows
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log file or pipe: do not wrap the table at 80 columns
+    table = Table(title=f"comparison {result['compare_id']}  (percent; ± = 95% interval; K={result['k']}, S={result['s']})")
+    for col in HEADER:
+        table.add_column(col, justify="left" if col in ("arm", "method", "reward", "split") else "right")
+    for row in format_rows(pl.DataFrame(result["table"])) if result["table"] else []:
+        table.add_row(*row)
+    console.print(table)
+    for row in result["table"]:
+        if row.get("Pass@1") is None:
+            continue
+        gain = "" if row["arm"] == "start" else f"   {row['gain'] * 100:+.1f} points over the warm-up"
+        print(f"greedy Pass@1 {row['split']:<14} {row['arm']:<18} {row['Pass@1'] * 100:5.1f}% (SE {row['Pass@1 se'] * 100:.1f}){gain}")
+    traj = [t for t in result["trajectories"] if t.get("temperature") is not None]
+    if traj:
+        t2 = Table(title="configuration chosen each round")
+        for col in ("arm", "round", "temperature", "threshold", "balance score", "Pass@1"):
+            t2.add_column(col, justify="right")
+        for t in traj:
+            bs = "—" if t["balance_score"] is None else f"{t['balance_score']:.4f}"
+            t2.add_row(t["arm"], str(t["iteration"]), f"{t['temperature']:.2f}", f"{t['threshold']:.2f}", bs, f"{t['Pass@1']:.3f}")
+        console.print(t2)
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
@@ -217,13 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--root", help="lake root (overrides storage.root)")
     p.set_defaults(func=_cmd_prm)
 
+    p = sub.add_parser("compare", help="compare methods from one shared warm-up (the paper's tables, small scale)")
+    p.add_argument("config", help="a comparison config: name, seeds, arms, base (see deployments/configs/compare-arith.yaml)")
+    p.add_argument("--id", help="name the comparison (default: <name>-<flow run id>); runs are <id>-<arm>")
+    p.add_argument("--resume", metavar="ID", help="continue comparison ID: completed stages are skipped")
+    p.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms (the table uses every arm found)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (base.x=..., seeds=[0,1])")
+    p.add_argument("--root", help="lake root (overrides base.storage.root)")
+    p.add_argument("--out", help="HTML report path (default: ./bstar-report-<id>.html)")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("version", help="print the code version")
     p.set_defaults(func=_cmd_version)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from bstar.config import ConfigError
+
+    # Without PREFECT_API_URL, Prefect starts a temporary server and gives it 20 s; a busy 2-core
+    # machine (torch threads, a test suite) can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
     args = build_parser().parse_args(argv)
     try:

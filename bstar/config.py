@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-METHODS = ("bstar", "bstar-temperature", "bstar-threshold", "online-rft", "iterative-rft", "rest-em")
+METHODS = ("bstar", "bstar-temperature", "bstar-threshold", "online-rft", "iterative-rft", "rest-em", "sft")
 # DESIGN.md §1: how each method carries weights / optimizer across rounds.
 MODE_OF_METHOD = {
     "bstar": "online",
@@ -30,6 +31,8 @@ MODE_OF_METHOD = {
     "online-rft": "online",
     "iterative-rft": "iterative",
     "rest-em": "restart",
+    # the control arm: the same rounds and training steps on the warm-up's gold solutions only
+    "sft": "online",
 }
 THRESHOLD_BOUND = 2.0  # rewards live in [-1, 2]: 1[correct] + prm with prm in [-1, 1]
 
@@ -271,12 +274,15 @@ class TrainingConfig(Strict):
 
 
 class EvalConfig(Strict):
-    """Greedy Pass@1 on every test split, plus K sampled responses per test query for Pass@k etc."""
+    """Greedy Pass@1 on every test split, plus K sampled responses per test query for Pass@k etc.
+    `start: false` skips evaluating the starting policy (a comparison evaluates its shared
+    warm-up once)."""
 
+    start: bool = True
     k: NonNegInt = 8
     temperature: Temperature = 0.7
-    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8])
-    ss: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
+    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8], min_length=1)
+    ss: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
 
     @model_validator(mode="after")
     def _k_ge_s(self) -> "EvalConfig":
@@ -339,6 +345,11 @@ class RunConfig(Strict):
     def searches_threshold(self) -> bool:
         return self.method in ("bstar", "bstar-threshold")
 
+    @property
+    def self_generated(self) -> bool:
+        """Whether rounds train on the policy's own filtered samples (all but the `sft` control)."""
+        return self.method != "sft"
+
     def to_json(self) -> str:
         """The config as stored in `runs.config`: secrets masked, never written to the lake."""
         return self.model_dump_json(exclude={"storage": {"key", "secret"}})
@@ -391,6 +402,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if "arms" in raw and "base" in raw:
+        raise ConfigError(f"{path}: this is a comparison config (arms + base): run it with `bstar compare {path}`")
     try:
         return parse_config(raw, overrides)
     except ConfigError as err:
@@ -399,3 +412,94 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def config_from_json(text: str) -> RunConfig:
     return parse_config(json.loads(text))
+
+
+# --- comparisons (`bstar compare`): several methods from one shared warm-up --------------------
+
+REWARD_KINDS = ("answer", "answer+prm")
+
+
+class ArmConfig(Strict):
+    """One method of a comparison. `set` holds dotted overrides of the base run config for this arm
+    only (e.g. `{search.thresholds: [0.0, 0.5]}`); budgets stay equal unless you override them."""
+
+    method: Literal[METHODS]  # type: ignore[valid-type]
+    reward: Literal[REWARD_KINDS] = "answer"  # type: ignore[valid-type]
+    label: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.label or (self.method + ("-prm" if self.reward == "answer+prm" else ""))
+
+
+class CompareConfig(Strict):
+    """A comparison: `base` is a run config shared by every arm (model, data, sampling and training
+    budgets, warm-up, PRM training); each arm changes the method and reward. `seeds` repeats every arm."""
+
+    name: str = "compare"
+    arms: list[ArmConfig] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    base: RunConfig
+
+    @model_validator(mode="after")
+    def _arms(self) -> "CompareConfig":
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm labels must be unique; repeated: {dup} (give each a `label`)")
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", n)]
+        if bad:
+            raise ValueError(f"arm labels become run ids: letters, digits, '_', '.', '-' only; got {bad}")
+        if self.uses_prm and not (self.base.reward.prm or self.base.reward.prm_train):
+            raise ValueError(
+                "an arm uses reward answer+prm: give base.reward.prm (a PRM checkpoint) or "
+                "base.reward.prm_train (train one on the shared warm-up first)"
+            )
+        if any(a.method == "sft" for a in self.arms) and self.base.training.warmup.examples == 0:
+            raise ValueError("the sft arm trains on the warm-up's gold set: base.training.warmup.examples is 0")
+        for arm in self.arms:
+            arm_run_config(self, arm, self.seeds[0], policy="tiny", prm=self.base.reward.prm or "prm")
+        return self
+
+    @property
+    def uses_prm(self) -> bool:
+        return any(a.reward == "answer+prm" for a in self.arms)
+
+    def run_id(self, compare_id: str, arm: ArmConfig, seed: int) -> str:
+        return f"{compare_id}-{arm.name}" + (f"-seed{seed}" if len(self.seeds) > 1 else "")
+
+
+def arm_run_config(cc: CompareConfig, arm: ArmConfig, seed: int, policy: str, prm: str | None) -> RunConfig:
+    """The run config of one arm: the base, from the shared warm-up checkpoint `policy` (no warm-up
+    of its own, no second evaluation of the start), with the arm's method, reward and overrides."""
+    raw = json.loads(cc.base.model_dump_json())
+    raw.update(name=arm.name, method=arm.method, seed=seed, run_id=None)
+    raw["model"]["name_or_path"] = policy
+    raw["training"]["warmup"]["steps"] = 0
+    raw["eval"]["start"] = False
+    raw["reward"]["kind"] = arm.reward
+    raw["reward"]["prm"] = prm if arm.reward == "answer+prm" else None
+    raw["reward"]["prm_train"] = None
+    overrides = [f"{k}={json.dumps(v)}" for k, v in arm.set.items()]
+    try:
+        cfg = parse_config(raw, overrides)
+    except ConfigError as err:
+        raise ValueError(f"arms[{arm.name}]: {err}") from None
+    cfg.storage = cc.base.storage  # keeps the secrets model_dump_json masked
+    return cfg
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
+    """Read a comparison YAML (`name`, `seeds`, `arms`, `base`); overrides are `base.x=...`, `seeds=[0,1]`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or "arms" not in raw:
+        raise ConfigError(f"{path}: a comparison config needs `arms:` and `base:` (a run config goes to `bstar run`)")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return CompareConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + _format_errors(err).replace("invalid run config", "invalid comparison config")) from None

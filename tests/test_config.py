@@ -78,3 +78,66 @@ def test_secrets_never_reach_the_stored_config():
     assert "sup3rs3cret" not in cfg.to_json() and "AKIAXXX" not in cfg.to_json()
     assert "sup3rs3cret" not in repr(cfg)
     assert cfg.storage.storage_options()["secret"] == "sup3rs3cret"
+
+
+# --- comparison configs (`bstar compare`) ---------------------------------------------------
+
+
+def compare_raw(**changes) -> dict:
+    raw = {"name": "c", "arms": [{"method": "bstar"}, {"method": "sft"}], "base": {"training": {"warmup": {"steps": 10}}}}
+    raw.update(changes)
+    return raw
+
+
+def test_compare_arms_get_the_shared_start_and_their_own_method():
+    from bstar.config import CompareConfig, arm_run_config
+
+    cc = CompareConfig.model_validate(compare_raw(arms=[
+        {"method": "rest-em", "reward": "answer+prm"}, {"method": "bstar", "set": {"search.queries": 7}},
+    ], base={"reward": {"prm": "/ckpt/prm"}, "sampling": {"k": 6}}))
+    assert [a.name for a in cc.arms] == ["rest-em-prm", "bstar"]
+    cfg = arm_run_config(cc, cc.arms[0], seed=3, policy="/ckpt/warm", prm="/ckpt/prm")
+    assert (cfg.method, cfg.training_mode, cfg.seed) == ("rest-em", "restart", 3)
+    assert cfg.model.name_or_path == "/ckpt/warm" and cfg.training.warmup.steps == 0 and not cfg.eval.start
+    assert (cfg.reward.kind, cfg.reward.prm, cfg.sampling.k) == ("answer+prm", "/ckpt/prm", 6)
+    other = arm_run_config(cc, cc.arms[1], seed=0, policy="/ckpt/warm", prm="/ckpt/prm")
+    assert (other.reward.kind, other.reward.prm, other.search.queries) == ("answer", None, 7)
+    assert cc.run_id("cmp", cc.arms[0], 3) == "cmp-rest-em-prm"
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"arms": [{"method": "bstar"}, {"method": "bstar"}]}, "repeated: ['bstar']"),
+        ({"arms": [{"method": "bstar", "reward": "answer+prm"}]}, "base.reward.prm"),
+        ({"arms": [{"method": "sft"}], "base": {"training": {"warmup": {"examples": 0}}}}, "warmup.examples is 0"),
+        ({"arms": [{"method": "bstar", "label": "a b"}]}, "letters, digits"),
+        ({"arms": [{"method": "bstar", "set": {"search.temperatures": []}}]}, "arms[bstar]"),
+        ({"arms": []}, "arms: List should have at least 1 item"),
+        ({"arms": [{"method": "star"}]}, "arms.0.method"),
+    ],
+)
+def test_bad_compare_configs_say_what_is_wrong(tmp_path, changes, words):
+    import yaml
+
+    from bstar.config import load_compare_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(compare_raw(**changes)))
+    with pytest.raises(ConfigError) as e:
+        load_compare_config(path)
+    assert words in str(e.value) and str(path) in str(e.value)
+
+
+def test_run_and_compare_configs_point_at_each_other(tmp_path):
+    import yaml
+
+    from bstar.config import load_compare_config
+
+    cmp_path, run_path = tmp_path / "c.yaml", tmp_path / "r.yaml"
+    cmp_path.write_text(yaml.safe_dump(compare_raw()))
+    run_path.write_text(yaml.safe_dump({"method": "bstar"}))
+    with pytest.raises(ConfigError, match="bstar compare"):
+        load_config(cmp_path)
+    with pytest.raises(ConfigError, match="bstar run"):
+        load_compare_config(run_path)

@@ -257,6 +257,8 @@ def sample_metrics(scored: pl.DataFrame, ks: Sequence[int], ss: Sequence[int]) -
     * ``accuracy`` (k, s null): mean of ``correct`` over all samples;
     * ``pass@k`` (s null) for each k in ``ks`` with k <= n;
     * ``pass@k-s`` and ``reward@k-s`` for each K in ``ks``, S in ``ss`` with S <= K <= n;
+    * ``<name>_se`` beside each Pass@k / Pass@K-S / Reward@K-S row: its standard error over
+      queries (sample standard deviation / sqrt(number of queries));
     * ``diversity`` (k, s null): mean over queries with at least one equation in a correct
       response of unique/all equations; no row when no query has one.
 
@@ -331,7 +333,7 @@ def sample_metrics(scored: pl.DataFrame, ks: Sequence[int], ss: Sequence[int]) -
         rows.append((split, "accuracy", None, None, float(acc)))
         valid_k = [k for k in ks if k <= n_min]
         for k in valid_k:
-            rows.append((split, "pass@k", k, None, float(pass_at_k_array(n, c, k).mean())))
+            rows.extend(_mean_and_se(split, "pass@k", k, None, pass_at_k_array(n, c, k)))
         pairs = [(k, s) for k in valid_k for s in ss if s <= k]
         if pairs:
             rows.extend(_subset_metrics(split, q, pairs))
@@ -346,23 +348,31 @@ def _subset_metrics(split, q: pl.DataFrame, pairs: list[tuple[int, int]]) -> lis
     k_max = max(k for k, _ in pairs)
     s_max = max(s for _, s in pairs)
     ks = sorted({k for k, _ in pairs})
-    pass_sum = dict.fromkeys(pairs, 0.0)
-    reward_sum = dict.fromkeys(pairs, 0.0)
-    for n, group_list, labels in q.select("n", "m", "labels").iter_rows():
+    pass_q = np.zeros((len(pairs), q.height))
+    reward_q = np.zeros((len(pairs), q.height))
+    for i, (n, group_list, labels) in enumerate(q.select("n", "m", "labels").iter_rows()):
         comb = _comb(n)
         groups = _groups(group_list or (), n)
         hits = _distinct_hits(n, groups, k_max, s_max) if groups else None
         flags = np.asarray(labels, dtype=np.bool_).tobytes()
         top = {k: _top_s_all_correct(flags, k) for k in ks}
-        for k, s in pairs:
+        for j, (k, s) in enumerate(pairs):
             total = comb[n, k]
             if hits is not None:
-                pass_sum[(k, s)] += hits[k, s:].sum() / total
-            reward_sum[(k, s)] += top[k][s] / total
-    count = q.height
-    rows = [(split, "pass@k-s", k, s, pass_sum[(k, s)] / count) for k, s in pairs]
-    rows += [(split, "reward@k-s", k, s, reward_sum[(k, s)] / count) for k, s in pairs]
+                pass_q[j, i] = hits[k, s:].sum() / total
+            reward_q[j, i] = top[k][s] / total
+    rows = []
+    for name, values in (("pass@k-s", pass_q), ("reward@k-s", reward_q)):
+        for j, (k, s) in enumerate(pairs):
+            rows.extend(_mean_and_se(split, name, k, s, values[j]))
     return rows
+
+
+def _mean_and_se(split, name: str, k, s, per_query: np.ndarray) -> list[tuple]:
+    """The mean over queries and its standard error (`<name>_se`: sample std / sqrt(queries))."""
+    n = per_query.size
+    se = float(per_query.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return [(split, name, k, s, float(per_query.mean())), (split, f"{name}_se", k, s, se)]
 
 
 def greedy_pass_at_1(frame: pl.DataFrame) -> pl.DataFrame:

@@ -16,7 +16,7 @@ from bstar.tasks.common import load_cfg
 from bstar.tasks.evaluation import publish_round
 from bstar.tasks.sampling import sample_candidates
 from bstar.tasks.scoring import score_candidates, verifier_of
-from bstar.tasks.selection import select_data
+from bstar.tasks.selection import select_data, select_gold
 from bstar.tasks.training import fine_tune
 
 
@@ -29,9 +29,12 @@ def iteration(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
     chosen = configuration_search(run_id, iteration, policy, scorer, cfg_json)
 
     # 2-3. Sample this round's queries at the chosen temperature, score, keep reward > threshold.
-    sample_candidates(run_id, iteration, "train", "round", policy, [chosen["temperature"]], cfg.sampling.k, cfg_json)
-    score_candidates(run_id, iteration, "train", scorer, cfg_json)
-    selected = select_data(run_id, iteration, scorer, chosen["threshold"], cfg_json)
+    if cfg.self_generated:
+        sample_candidates(run_id, iteration, "train", "round", policy, [chosen["temperature"]], cfg.sampling.k, cfg_json)
+        score_candidates(run_id, iteration, "train", scorer, cfg_json)
+        selected = select_data(run_id, iteration, scorer, chosen["threshold"], cfg_json)
+    else:  # the `sft` control arm: the same training steps on gold solutions, nothing self-generated
+        selected = select_gold(run_id, iteration, cfg_json)
 
     # 4. Improve: SFT on the selected responses (the training mode picks the starting weights).
     trained = fine_tune(run_id, iteration, policy, initial, cfg_json)

@@ -17,6 +17,7 @@ from bstar import code_version
 from bstar.config import RunConfig, config_from_json, load_config, parse_config
 from bstar.flows.evaluate import evaluate_policy
 from bstar.flows.iteration import iteration
+from bstar.preflight import preflight
 from bstar.tasks.common import lake_of, result_storage
 from bstar.tasks.data import record_run
 from bstar.tasks.evaluation import publish_report
@@ -52,12 +53,13 @@ def bstar_run(config: dict | str, run_id: str | None = None, overrides: list[str
     cfg = resolve_config(config, overrides)
     run_id = run_id or default_run_id(cfg)
     cfg = recorded_config(cfg, run_id)
+    preflight(cfg)  # started from the UI or a deployment, the same checks as `bstar run`
     cfg_json = cfg.to_json()
     cached = result_storage(cfg, run_id)
 
     record_run(run_id, cfg_json, code_version())
     initial = warm_up.with_options(result_storage=cached)(run_id, cfg_json)["policy"]
-    start = evaluate_policy.with_options(result_storage=cached)(run_id, 0, initial, cfg_json)
+    start = evaluate_policy.with_options(result_storage=cached)(run_id, 0, initial, cfg_json) if cfg.eval.start else None
 
     policy, rounds = initial, []
     for i in range(1, cfg.iterations + 1):

@@ -97,6 +97,12 @@ def read_queries(cfg, run_id: str, split: str | None = None) -> pl.DataFrame:
     return q.filter(pl.col("split") == split) if split else q
 
 
+def warmup_queries(cfg, run_id: str) -> pl.DataFrame:
+    """The gold seed set: the first `training.warmup.examples` training queries by id (the warm-up
+    trains on their gold solutions; the `sft` control arm keeps training on them)."""
+    return read_queries(cfg, run_id, SPLIT_TRAIN).sort("query_id").head(cfg.training.warmup.examples)
+
+
 def test_splits(lake, run_id: str) -> pl.DataFrame:
     """(query_id, split) of every test query of the run."""
     return lake.read("queries", run_id, 0).filter(pl.col("split") != SPLIT_TRAIN).select("query_id", "split").unique()

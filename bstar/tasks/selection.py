@@ -58,3 +58,27 @@ def select_data(run_id: str, iteration: int, scorer: str, threshold: float, cfg_
         "queries": rows["query_id"].n_unique(),
         "correct": int(kept["correct"].sum()),
     }
+
+
+@stage_task
+def select_gold(run_id: str, iteration: int, cfg_json: str) -> dict:
+    """The control arm's round: no sampling, the gold solutions of the warm-up seed set as the
+    training data (sample_idx -1 marks a gold response), so equal training steps can be compared
+    with and without self-generated data."""
+    from bstar.datasets import gold_response
+
+    from bstar.tasks.data import as_rows, warmup_queries
+    from bstar.tasks.sampling import template_of
+
+    cfg = load_cfg(cfg_json)
+    seed_set = warmup_queries(cfg, run_id)
+    if seed_set.is_empty():
+        raise ValueError("method sft trains on the warm-up's gold solutions: training.warmup.examples is 0")
+    responses = [gold_response(template_of(cfg, r), r) for r in as_rows(seed_set)]
+    rows = pl.DataFrame(
+        {"query_id": seed_set["query_id"], "sample_idx": -1, "reward": None, "temperature": None, "response": responses},
+        schema={"query_id": pl.String, "sample_idx": pl.Int32, "reward": pl.Float64, "temperature": pl.Float64,
+                "response": pl.String},
+    )
+    lake_of(cfg).write("selections", rows, run_id, iteration, "train")
+    return {"iteration": iteration, "selected": rows.height, "queries": rows.height, "correct": rows.height}

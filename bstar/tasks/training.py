@@ -13,7 +13,7 @@ import os
 import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
-from bstar.tasks.data import as_rows, read_queries
+from bstar.tasks.data import as_rows, read_queries, warmup_queries
 
 
 def _trainer_kwargs(cfg) -> dict:
@@ -64,7 +64,7 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
     w = cfg.training.warmup
     path, step = str(model), 0
     if w.steps > 0:
-        train = read_queries(cfg, run_id, "train").sort("query_id").head(w.examples)
+        train = warmup_queries(cfg, run_id)
         kw = _trainer_kwargs(cfg) | dict(lr=w.lr, batch_size=w.batch_size)
         info = sft_warmup(gold_examples(cfg, train), model, checkpoint_dir(cfg, run_id, "warmup"), max_steps=w.steps, **kw)
         path, step = info.path, info.step

@@ -216,8 +216,15 @@ def test_sample_metrics_hand_values():
     train = out.filter(pl.col("split") == "train")
     assert sorted(set(zip(train["name"], train["k"]))) == [
         ("accuracy", None), ("pass@k", 1), ("pass@k", 2),
-        ("pass@k-s", 1), ("pass@k-s", 2), ("reward@k-s", 1), ("reward@k-s", 2),
+        ("pass@k-s", 1), ("pass@k-s", 2), ("pass@k-s_se", 1), ("pass@k-s_se", 2),
+        ("pass@k_se", 1), ("pass@k_se", 2),
+        ("reward@k-s", 1), ("reward@k-s", 2), ("reward@k-s_se", 1), ("reward@k-s_se", 2),
     ]
+    # standard errors over the 2 test queries: per-query Pass@1 3/4 and 2/4 -> std 0.1768 / sqrt 2
+    assert t("pass@k_se", 1) == pytest.approx(np.std([0.75, 0.5], ddof=1) / np.sqrt(2))
+    # Reward@4-1 is 1 and 0 per query -> se 0.5; Pass@4 is 1 for both -> se 0
+    assert t("reward@k-s_se", 4, 1) == pytest.approx(0.5)
+    assert t("pass@k_se", 4) == 0.0
     assert out.schema == pl.Schema(
         {"split": pl.String, "name": pl.String, "k": pl.Int64, "s": pl.Int64, "value": pl.Float64}
     )

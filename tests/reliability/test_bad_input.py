@@ -38,7 +38,7 @@ from bstar.preflight import PreflightError, Problem, check_run, preflight
         ({"data": {"test": []}}, "data.test", "at least 1"),
         ({"eval": {"k": 8, "ks": [1, 2], "ss": [4]}}, "eval", "K >= S"),
         ({"eval": {"k": 4, "ks": [8]}}, "eval", "exceed"),
-        ({"eval": {"ks": []}}, "eval", "empty"),
+        ({"eval": {"ks": []}}, "eval.ks", "at least 1 item"),
         ({"selection": {"n_target": 0}}, "selection.n_target", "greater than 0"),
     ],
 )
