@@ -14,8 +14,11 @@ The list of part files is taken when connecting (one listing per table), so a co
 reads a consistent snapshot and S3 is not re-listed on every query; reconnect to see parts
 written later. A table without files is an empty view with the right columns.
 
-On S3 the files are read through ``duckdb.register_filesystem(s3fs.S3FileSystem(...))``;
-DuckDB's httpfs extension is never installed nor loaded.
+On S3 the files are read through s3fs wrapped in a read-only
+:class:`~bstar.storage.snapshot_fs.SnapshotFileSystem` registered with
+``con.register_filesystem``: sizes and mtimes from the connect-time listing, bytes through a
+bounded per-connection cache, so a repeated dashboard query makes no request. DuckDB's httpfs
+extension is never installed nor loaded.
 
 ``read_only=True`` (the default) locks the connection: external access is limited to the
 lake root, and the configuration is frozen, so SQL cannot read or write other files.
@@ -30,6 +33,7 @@ import pyarrow as pa
 
 from .lake import Lake
 from .schemas import TABLES, spec
+from .snapshot_fs import SnapshotFileSystem
 
 __all__ = ["connect", "VIEWS", "duckdb_type", "view_sql"]
 
@@ -111,9 +115,10 @@ def connect(
         con.execute("SET python_enable_replacements = false")
         # remote files: cache footers between queries of the same connection
         con.execute("SET parquet_metadata_cache = true")
-        if lake.is_s3:
-            con.register_filesystem(lake.fs)
         files = lake.all_parts()
+        if lake.is_s3:
+            # sizes, mtimes and already-read bytes from memory, not through s3fs (snapshot_fs.py)
+            con.register_filesystem(SnapshotFileSystem(lake.fs, [f for parts in files.values() for f in parts]))
         for table in TABLES:
             con.execute(view_sql(table, files[table]))
         con.execute(_SCORED_SQL)
