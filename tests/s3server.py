@@ -117,10 +117,8 @@ class S3Server:
             f"-s3.localSocket={self._dir}/s3.sock",
         ]
         self.endpoint = f"http://127.0.0.1:{ports[names.index('s3') * 2]}"
-        self._log = open(os.path.join(self._dir, "weed.log"), "wb")
-        self._proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self._dir, start_new_session=True
-        )
+        self._args = args
+        self._spawn()
         atexit.register(self.stop)
         try:
             self._wait_ready()
@@ -128,6 +126,28 @@ class S3Server:
             self.stop()
             raise
         return self
+
+    def _spawn(self) -> None:
+        self._log = open(os.path.join(self._dir, "weed.log"), "ab")
+        self._proc = subprocess.Popen(
+            self._args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self._dir, start_new_session=True
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would) but keep its data dir, ports and credentials."""
+        p, self._proc = self._proc, None
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        """Start a killed server again on the same ports and data: stored objects come back."""
+        self.kill()
+        self._spawn()
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         import s3fs

@@ -27,6 +27,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
+from bstar.faults import kill_point
+
 log = logging.getLogger(__name__)
 
 M32 = 0xFFFFFFFF
@@ -241,6 +243,7 @@ class TransformersSampler(Sampler):
                         for j, (t, nt, fr) in enumerate(rows[n * k : (n + 1) * k])
                     ]
                 bar.update(len(chunk) * k)
+                kill_point("batch")  # BSTAR_KILL_AT crash point (tests only)
         bar.close()
         return results  # type: ignore[return-value]
 

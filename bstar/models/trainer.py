@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bstar.faults import kill_point
+
 log = logging.getLogger(__name__)
 
 MODES = ("online", "iterative", "restart")
@@ -507,6 +509,7 @@ class SFTRecipe:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             st.step += 1
+            kill_point("step")  # BSTAR_KILL_AT crash point (tests only)
             loss = (acc.reduce(loss_acc, reduction="sum").item() if world > 1 else loss_acc.item()) / max(1, n_tok)
             losses.append(loss)
             trained_tokens += n_tok

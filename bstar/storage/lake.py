@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ..faults import kill_point
 from .schemas import PARTITION_SCHEMA, SchemaError, check_partition, spec, validate
 
 __all__ = ["Lake", "resolve_storage_options", "PART_RE"]
@@ -183,6 +184,7 @@ class Lake:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            kill_point("write")  # BSTAR_KILL_AT crash point (tests only): temp file left behind
             os.replace(tmp, final)
         except BaseException:
             try:
@@ -203,6 +205,7 @@ class Lake:
         buf = sink.getvalue()
         if buf.size > _MAX_PUT:
             raise SchemaError(f"part {final} is {buf.size} bytes, over the 5 GiB single-PUT limit; split it into parts")
+        kill_point("write")  # BSTAR_KILL_AT crash point (tests only)
         # one PUT: the object is either the old version or the whole new one, never partial
         self.fs.pipe_file(self._p(final), buf.to_pybytes(), chunksize=_MAX_PUT)
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from bstar import faults
 from bstar.config import RunConfig, config_from_json
 
 TRANSIENT_RETRIES = 2
@@ -68,8 +69,10 @@ def stage_task(fn: Callable | None = None, *, name: str | None = None, tags: tup
 
         @functools.wraps(f)
         def run(*args, **kwargs):
-            _maybe_inject_fault(stage_name, inspect.signature(f).bind(*args, **kwargs).arguments)
-            return f(*args, **kwargs)
+            bound = inspect.signature(f).bind(*args, **kwargs).arguments
+            _maybe_inject_fault(stage_name, bound)
+            with faults.stage(stage_name, bound):  # BSTAR_KILL_AT crash points (tests only)
+                return f(*args, **kwargs)
 
         return task(
             run,
