@@ -154,12 +154,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = list(args.set) + ([f"base.storage.root={args.root}"] if args.root else [])
     cc = load_compare_config(args.config, overrides)  # a bad config fails before Prefect starts
-    from bstar.preflight import preflight
-
-    preflight(cc.base)
     unknown = sorted(set(args.only or []) - {a.name for a in cc.arms})
     if unknown:
         raise ValueError(f"--only {unknown}: no such arm (arms: {[a.name for a in cc.arms]})")
+    from bstar.preflight import preflight
+
+    preflight(cc.base)
     compare_id = args.resume or args.id
     if args.resume:
         from bstar.storage.lake import Lake
@@ -323,6 +323,24 @@ def main(argv: list[str] | None = None) -> int:
         # Deterministic user errors: one clear message, no traceback.
         print(f"bstar {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001
+        if not is_disk_full(err):
+            raise
+        # Completed stages are cached and a half-written part is never read: resuming is safe.
+        print(f"bstar {args.command}: error: the disk is full ({err}); free space, then rerun "
+              "with --resume RUN_ID to continue from the last completed stage", file=sys.stderr)
+        return 3
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised by Python or by a Rust writer (polars, pyarrow) as text only."""
+    import errno
+
+    while err is not None:
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":
