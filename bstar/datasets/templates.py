@@ -138,15 +138,18 @@ def _user_message(row: dict, instruction: str) -> str:
     return f"{q}\n\n{instruction}" if instruction else q
 
 
-def answer_for_verifier(row: dict) -> str:
+def answer_for_verifier(row: dict, verifier: str | None = None) -> str:
     """What to pass as `answer` to `bstar.verifiers.verify` for this row.
 
     Multiple-choice rows carry their label list and options (as a JSON string, so it fits the
-    `answer` string column); every other row's gold answer is already complete.
+    `answer` string column); `arith-steps` gets the question beside the answer to check every
+    step against it; every other row's gold answer is already complete.
     """
     meta = row.get("meta") or {}
     if isinstance(meta, str):  # meta as stored in Parquet
         meta = json.loads(meta) if meta else {}
+    if verifier == "arith-steps":
+        return json.dumps({"answer": row["answer"], "question": row["prompt"]})
     if meta.get("labels"):
         return json.dumps({"label": row["answer"], "labels": meta["labels"], "choices": meta.get("choices", [])})
     return row["answer"]

@@ -69,7 +69,7 @@ def _prompts(cfg, frame: pl.DataFrame) -> list[str]:
 
 def true_step_labels(verifier: str, response: str, question: str, n_steps: int) -> list[bool | None]:
     """Step truth where it is known (arith: cumulative step check), else nulls."""
-    if verifier != "arith":
+    if verifier not in ("arith", "arith-steps"):
         return [None] * n_steps
     from bstar.verifiers.arith import check_steps
 
@@ -108,7 +108,7 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
     rows = as_rows(frame)
     qids = frame["query_id"].to_list()
     prompts = _prompts(cfg, frame)
-    answers = [answer_for_verifier(r) for r in rows]
+    answers = [answer_for_verifier(r, verifier) for r in rows]
     part = f"part-c{chunk:04d}"
     t0 = time.time()
     samplers = {}
@@ -359,7 +359,7 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
                               stop=s.stop, progress=False)
     flat = [(qi, x) for qi, o in enumerate(outs) for x in o]
     responses = [x.text for _, x in flat]
-    correct = _verify(verifier, [(x.text, answer_for_verifier(rows[qi])) for qi, x in flat], cfg)
+    correct = _verify(verifier, [(x.text, answer_for_verifier(rows[qi], verifier)) for qi, x in flat], cfg)
     with scorer_from_options(prm_path, cfg.reward.prm_options) as prm:
         delim = _delimiter_for(cfg, cfg.data.test[0].name, prm.delimiter)
         t0 = time.time()

@@ -71,8 +71,9 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
     lake = lake_of(cfg)
     cands = lake.read("candidates", run_id, iteration, stage)
     queries = read_queries(cfg, run_id).unique("query_id", keep="first")
+    verifier = scorer.removesuffix(PRM_SUFFIX)
     answers = pl.DataFrame(
-        {"query_id": queries["query_id"], "answer": [answer_for_verifier(r) for r in as_rows(queries)]}
+        {"query_id": queries["query_id"], "answer": [answer_for_verifier(r, verifier) for r in as_rows(queries)]}
     )
     frame = cands.join(answers, on="query_id", how="left")
     if frame["answer"].null_count():

@@ -5,6 +5,7 @@ Responses look like `23+45=68; 68-12=56. #### 56`: steps separated by `; `, the 
 
     verify_arith("23+45=68; 68-12=56. #### 56", "56")          -> Verdict(correct=True, ...)
     check_steps("23+45=68; 68-12=55. #### 55", "23+45-12=?")    -> [True, False]
+    verify_arith_steps(response, {"answer": "56", "question": "23+45-12=?"})   # every step right too
     step_details(response, question)                            -> [StepCheck, ...]
 
 A step is right when (1) its arithmetic is right (`a op b = c`), (2) its left operand continues
@@ -16,6 +17,7 @@ the Math-Shepherd convention); the default judges each step against the text bef
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -135,3 +137,36 @@ def verify_arith(response, answer, question: str | None = None) -> Verdict:
         labels = check_steps(response, question)
         detail = f"steps {sum(labels)}/{len(labels)} right"
     return Verdict(int(extracted) == gold, extracted, OK, detail)
+
+
+def verify_arith_steps(response, answer) -> Verdict:
+    """Strict: correct only when the final answer is right AND the worked solution is: one right
+    step per operation of the question, each continuing the last, the last one's result equal to
+    the final answer. `answer` is `{"answer": "56", "question": "23+45-12=?"}` (a dict or its
+    JSON, from `answer_for_verifier(row, "arith-steps")`); a bare answer checks the steps'
+    arithmetic and chaining only.
+
+    A small policy often writes the right total after wrong steps (`89+54=133; 133-7=136. #### 136`);
+    answer-only rewards select those and teach wrong arithmetic. This verifier does not."""
+    gold, question = answer, None
+    if isinstance(answer, str) and answer.lstrip().startswith("{"):
+        answer = json.loads(answer)
+    if isinstance(answer, dict):
+        gold, question = answer["answer"], answer.get("question")
+    verdict = verify_arith(response, gold, question)
+    if not verdict.correct:
+        return verdict
+    checks = step_details(response, question)
+    parsed = parse_question(question) if question else None
+    n_ops = len(parsed[1]) if parsed else len(checks)
+    last = _STEP_RE.match(checks[-1].text) if checks else None
+    solved = (
+        bool(checks)
+        and all(c.ok for c in checks)
+        and len(checks) == n_ops
+        and last is not None
+        and str(int(last.group(4))) == verdict.extracted
+    )
+    if solved:
+        return verdict
+    return Verdict(False, verdict.extracted, OK, f"right answer, wrong steps ({verdict.detail or 'unchained'})")

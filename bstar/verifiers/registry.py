@@ -131,6 +131,9 @@ def call_verifier(fn: Callable, response, answer, options: dict) -> Verdict:
 # Built-ins. The hard timeouts are per item in verify_many; the code verifier's default is its
 # per-problem budget plus room for the sandbox to start and report.
 register_verifier("arith", "bstar.verifiers.arith:verify_arith", timeout=5.0, description="#### integer")
+register_verifier(
+    "arith-steps", "bstar.verifiers.arith:verify_arith_steps", timeout=5.0, description="#### integer, every step right"
+)
 register_verifier("gsm8k", "bstar.verifiers.gsm8k:verify_gsm8k", timeout=5.0, description="GSM8K number")
 register_verifier(
     "math",

@@ -37,6 +37,26 @@ def test_arith_steps_against_question():
     assert check_steps("12-45=-33; -33*2=-66. #### -66", "Q: 12-45*2=? A: ") == [True, True]
 
 
+def test_arith_steps_verifier_needs_the_whole_solution_right():
+    from bstar.datasets import answer_for_verifier
+
+    q = "89+54-7=?"
+    gold = answer_for_verifier({"prompt": q, "answer": "136", "meta": "{}"}, "arith-steps")
+    assert json.loads(gold) == {"answer": "136", "question": q}
+    assert verify("arith-steps", "89+54=143; 143-7=136. #### 136", gold) == Verdict(True, "136", "ok", "steps 2/2 right")
+    # the right total after wrong steps: answer-only says correct, arith-steps does not
+    lucky = "89+54=133; 133-7=136. #### 136"
+    assert verify("arith", lucky, "136").correct
+    assert verify("arith-steps", lucky, gold) == Verdict(False, "136", "ok", "right answer, wrong steps (steps 0/2 right)")
+    assert not verify("arith-steps", "89+54=143. #### 136", gold).correct  # a step missing
+    assert not verify("arith-steps", "89+53=142; 142-6=136. #### 136", gold).correct  # wrong operands
+    assert not verify("arith-steps", "89+54=143; 143-7=136. #### 135", gold).correct  # wrong final
+    assert verify("arith-steps", "89+54=143; 143-7=136", gold).status == "no_answer"
+    # a bare answer: arithmetic and chaining only
+    assert verify("arith-steps", "23+45=68; 68-12=56. #### 56", "56").correct
+    assert not verify("arith-steps", "23+45=68; 68-12=55. #### 56", "56").correct  # last step != final
+
+
 def test_arith_steps_without_question():
     assert check_steps("23+45=68; 68-12=56. #### 56") == [True, True]
     assert check_steps("23+45=60; 68-12=56. #### 56") == [False, False]
