@@ -27,7 +27,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: $(STAMP)
-	$(VENV)/bin/bstar run deployments/configs/demo.yaml
+	$(VENV)/bin/bstar compare deployments/configs/demo.yaml
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -28,10 +28,17 @@ import sys
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from bstar.config import load_config
-
-    cfg = load_config(args.config, overrides=args.set)
+    from bstar.config import is_compare_config, load_compare_config, load_config
     from bstar.preflight import preflight
+
+    if is_compare_config(args.config):
+        cc = load_compare_config(args.config, args.set)
+        preflight(cc.base, storage=False)
+        print(cc.model_dump_json(indent=2, exclude={"base": {"storage": {"key", "secret"}}}))
+        arms = ", ".join(f"{a.name} ({a.method}, {a.reward})" for a in cc.arms)
+        print(f"\nok: comparison of {len(cc.arms)} arms x {len(cc.seeds)} seed(s): {arms}", file=sys.stderr)
+        return 0
+    cfg = load_config(args.config, overrides=args.set)
 
     preflight(cfg, storage=False)  # paths, data files, verifiers; `bstar run` also tries the storage root
     print(cfg.model_dump_json(indent=2, exclude={"storage": {"key", "secret"}}))

@@ -238,11 +238,15 @@ class RewardConfig(Strict):
 
 
 class SelectionConfig(Strict):
-    """N = target selected samples per round, M = queries per round; n* = ceil(N / M)."""
+    """N = target selected samples per round, M = queries per round; n* = ceil(N / M).
+    `include_gold` adds the warm-up's gold solutions to every round's training data."""
 
     n_target: PositiveInt = 6000
     queries_per_round: PositiveInt = 1000
     max_per_query: PositiveInt | None = None
+    # RFT's recipe (Yuan et al., 2023): train each round on the warm-up's gold solutions plus
+    # the selected samples, so a round adds self-generated data instead of replacing the seed set
+    include_gold: bool = False
 
     @property
     def n_star(self) -> int:
@@ -488,6 +492,15 @@ def arm_run_config(cc: CompareConfig, arm: ArmConfig, seed: int, policy: str, pr
         raise ValueError(f"arms[{arm.name}]: {err}") from None
     cfg.storage = cc.base.storage  # keeps the secrets model_dump_json masked
     return cfg
+
+
+def is_compare_config(path: str | Path) -> bool:
+    """Whether a YAML file is a comparison (`arms` + `base`) rather than a run config."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # let the loader report it
+    return isinstance(raw, dict) and "arms" in raw and "base" in raw
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:

@@ -51,3 +51,10 @@ def test_compare_refuses_an_unknown_arm_before_any_work(capsys, tmp_path):
 def test_run_given_a_comparison_config_points_to_compare(capsys):
     code = cli.main(["run", str(REPO / "deployments" / "configs" / "compare-arith.yaml")])
     assert code == 2 and "run it with `bstar compare" in capsys.readouterr().err
+
+
+def test_check_validates_comparison_configs_too(capsys):
+    assert cli.main(["check", str(REPO / "deployments" / "configs" / "demo.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "ok: comparison of 2 arms x 1 seed(s): bstar (bstar, answer), gold-only (sft, answer)" in captured.err
+    assert '"include_gold": true' in captured.out

@@ -10,6 +10,9 @@ import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
 
+SELECTION_SCHEMA = {"query_id": pl.String, "sample_idx": pl.Int32, "reward": pl.Float64, "temperature": pl.Float64,
+                    "response": pl.String}
+
 
 def scored_frame(lake, run_id: str, iteration: int, stage: str, scorer: str) -> pl.DataFrame:
     """Candidates of one stage joined with one scorer's rewards (the `scored` view, in polars)."""
@@ -50,35 +53,40 @@ def select_data(run_id: str, iteration: int, scorer: str, threshold: float, cfg_
     lake = lake_of(cfg)
     scored = scored_frame(lake, run_id, iteration, "train", scorer).filter(pl.col("reward").is_not_null())
     kept = select_training_data(scored, threshold, max_per_query=cfg.selection.max_per_query)
-    rows = kept.select("query_id", "sample_idx", "reward", "temperature", "response")
-    lake.write("selections", rows, run_id, iteration, "train")
+    rows = kept.select("query_id", "sample_idx", "reward", "temperature", "response").cast(SELECTION_SCHEMA)
+    gold = gold_rows(cfg, run_id) if cfg.selection.include_gold else rows.clear()
+    lake.write("selections", pl.concat([rows, gold]), run_id, iteration, "train")
     return {
         "iteration": iteration,
         "selected": rows.height,
         "queries": rows["query_id"].n_unique(),
         "correct": int(kept["correct"].sum()),
+        "gold": gold.height,
     }
 
 
-@stage_task
-def select_gold(run_id: str, iteration: int, cfg_json: str) -> dict:
-    """The control arm's round: no sampling, the gold solutions of the warm-up seed set as the
-    training data (sample_idx -1 marks a gold response), so equal training steps can be compared
-    with and without self-generated data."""
+def gold_rows(cfg, run_id: str) -> pl.DataFrame:
+    """The warm-up seed set's gold solutions as selection rows (sample_idx -1 marks gold)."""
     from bstar.datasets import gold_response
 
     from bstar.tasks.data import as_rows, warmup_queries
     from bstar.tasks.sampling import template_of
 
-    cfg = load_cfg(cfg_json)
     seed_set = warmup_queries(cfg, run_id)
     if seed_set.is_empty():
-        raise ValueError("method sft trains on the warm-up's gold solutions: training.warmup.examples is 0")
+        raise ValueError("training on the warm-up's gold solutions needs training.warmup.examples > 0")
     responses = [gold_response(template_of(cfg, r), r) for r in as_rows(seed_set)]
-    rows = pl.DataFrame(
+    return pl.DataFrame(
         {"query_id": seed_set["query_id"], "sample_idx": -1, "reward": None, "temperature": None, "response": responses},
-        schema={"query_id": pl.String, "sample_idx": pl.Int32, "reward": pl.Float64, "temperature": pl.Float64,
-                "response": pl.String},
+        schema=SELECTION_SCHEMA,
     )
+
+
+@stage_task
+def select_gold(run_id: str, iteration: int, cfg_json: str) -> dict:
+    """The control arm's round: no sampling, the gold solutions of the warm-up seed set as the
+    training data, so equal training steps can be compared with and without self-generated data."""
+    cfg = load_cfg(cfg_json)
+    rows = gold_rows(cfg, run_id)
     lake_of(cfg).write("selections", rows, run_id, iteration, "train")
     return {"iteration": iteration, "selected": rows.height, "queries": rows.height, "correct": rows.height}

@@ -17,7 +17,7 @@ def tiny_compare_config(root) -> dict:
         "seeds": [0],
         "arms": [
             {"method": "bstar", "reward": "answer+prm"},
-            {"method": "rest-em"},
+            {"method": "rest-em", "set": {"selection.include_gold": True}},
             {"method": "sft", "label": "gold-only"},
         ],
         "base": base,
@@ -78,6 +78,17 @@ def test_gold_only_arm_trains_on_the_warm_up_gold_solutions_and_samples_nothing(
     assert all(r["response"].endswith(f"#### {r['answer']}") for r in sel.join(q, on="query_id").iter_rows(named=True))
     n = frame(root, "SELECT count(*) AS n FROM candidates WHERE run_id = 'cmp-gold-only' AND stage IN ('search', 'train')")
     assert n["n"][0] == 0
+
+
+def test_include_gold_trains_on_the_seed_set_plus_the_selected_samples(compared):
+    _, root = compared
+    sel = frame(root, "SELECT sample_idx, reward, response FROM selections WHERE run_id = 'cmp-rest-em'")
+    gold = frame(root, "SELECT response FROM selections WHERE run_id = 'cmp-gold-only'")
+    assert sorted(sel.filter(pl.col("sample_idx") == -1)["response"]) == sorted(gold["response"])
+    own = sel.filter(pl.col("sample_idx") >= 0)
+    assert own.height == frame(root, "SELECT count(*) AS n FROM selections WHERE run_id = 'cmp-rest-em' AND reward > 0")["n"][0]
+    steps = frame(root, "SELECT step FROM checkpoints WHERE run_id IN ('cmp-rest-em', 'cmp-gold-only') AND iteration = 1")
+    assert steps["step"].n_unique() == 1  # gold rows give the round something to train on: same steps
 
 
 def test_prm_arm_scores_with_the_shared_prm_and_searches_the_threshold(compared):
