@@ -198,11 +198,15 @@ def print_comparison(result: dict) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a log file or pipe: do not wrap the table at 80 columns
-    table = Table(title=f"comparison {result['compare_id']}  (percent; ± = 95% interval; K={result['k']}, S={result['s']})")
-    for col in HEADER:
-        table.add_column(col, justify="left" if col in ("arm", "method", "reward", "split") else "right")
-    for row in format_rows(pl.DataFrame(result["table"])) if result["table"] else []:
-        table.add_row(*row)
+    rows = format_rows(pl.DataFrame(result["table"])) if result["table"] else []
+    # metrics no arm has (greedy-only evaluation: eval.k = 0) are left out
+    keep = [i for i, col in enumerate(HEADER) if not rows or any(r[i] != "—" for r in rows) or col == "Pass@1 gain"]
+    ks = f"; K={result['k']}, S={result['s']}" if "Pass@K" in [HEADER[i] for i in keep] else ""
+    table = Table(title=f"comparison {result['compare_id']}  (percent; ± = 95% interval{ks})")
+    for i in keep:
+        table.add_column(HEADER[i], justify="left" if HEADER[i] in ("arm", "method", "reward", "split") else "right")
+    for row in rows:
+        table.add_row(*[row[i] for i in keep])
     console.print(table)
     for row in result["table"]:
         if row.get("Pass@1") is None:
