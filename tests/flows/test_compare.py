@@ -52,10 +52,14 @@ def test_arms_start_from_the_shared_warm_up_with_equal_budgets(compared):
     round1 = ck.filter(pl.col("iteration") == 1).join(
         frame(root, "SELECT run_id, count(*) AS selected FROM selections GROUP BY run_id"), on="run_id", how="left"
     )
-    # (an arm whose round selected nothing keeps its starting policy, at the warm-up's step)
+    # online arms continue the warm-up's step counter; restart / iterative ones count from 0;
+    # an arm whose round selected nothing keeps its starting policy, at the warm-up's step
+    fresh = {"cmp-rest-em"}
     for r in round1.iter_rows(named=True):
-        assert r["step"] == warm_step + (2 if r["selected"] else 0), r
+        expected = (2 if r["run_id"] in fresh else warm_step + 2) if r["selected"] else warm_step
+        assert r["step"] == expected, r
     assert round1.filter(pl.col("run_id") == "cmp-gold-only")["step"][0] == warm_step + 2
+    assert round1.filter(pl.col("run_id") == "cmp-rest-em")["step"][0] == 2  # the seed set is always there
     # equal sampling budgets for the self-generated arms: M queries x K samples in stage train
     train = frame(root, "SELECT run_id, count(*) AS n FROM candidates WHERE stage = 'train' GROUP BY run_id ORDER BY run_id")
     assert train.rows() == [("cmp-bstar-prm", 10 * 2), ("cmp-rest-em", 10 * 2)]
@@ -87,8 +91,11 @@ def test_include_gold_trains_on_the_seed_set_plus_the_selected_samples(compared)
     assert sorted(sel.filter(pl.col("sample_idx") == -1)["response"]) == sorted(gold["response"])
     own = sel.filter(pl.col("sample_idx") >= 0)
     assert own.height == frame(root, "SELECT count(*) AS n FROM selections WHERE run_id = 'cmp-rest-em' AND reward > 0")["n"][0]
-    steps = frame(root, "SELECT step FROM checkpoints WHERE run_id IN ('cmp-rest-em', 'cmp-gold-only') AND iteration = 1")
-    assert steps["step"].n_unique() == 1  # gold rows give the round something to train on: same steps
+    # the gold rows give the round something to train on: the same 2 steps as the control arm
+    # (restart counts from 0, the online control continues the warm-up's counter)
+    steps = dict(frame(root, "SELECT run_id, step FROM checkpoints WHERE (iteration = 1 AND run_id IN "
+                             "('cmp-rest-em', 'cmp-gold-only')) OR run_id = 'cmp-start'").rows())
+    assert steps["cmp-rest-em"] == 2 and steps["cmp-gold-only"] == steps["cmp-start"] + 2
 
 
 def test_prm_arm_scores_with_the_shared_prm_and_searches_the_threshold(compared):
