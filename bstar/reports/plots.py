@@ -76,10 +76,23 @@ def _integer_x(ax) -> None:
 
 def _legend(ax) -> None:
     handles = ax.get_legend_handles_labels()[0]
-    if len(handles) > 4:  # many lines: beside the axes, not over the curves
+    if len(handles) > 10:  # a comparison of many runs: under the figure, which grows to hold it
+        _figure_legend(ax.figure, ax)
+    elif len(handles) > 4:  # many lines: beside the axes, not over the curves
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     elif handles:
         ax.legend(fontsize=8, loc="best")
+
+
+def _figure_legend(fig, ax) -> None:
+    """One legend under the figure, in columns; the figure grows by its height, so a legend of
+    ten or thirty runs never squeezes the axes to nothing."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ncol = min(3, len(handles))
+    fig.set_figheight(fig.get_figheight() + 0.16 * -(-len(handles) // ncol))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=6)
 
 
 def pass_at_1_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) -> bytes | None:
@@ -201,7 +214,7 @@ def chosen_config_plot(search: pl.DataFrame, run_ids: list[str], dpi: int = 100)
         ax.set_ylabel(label)
         _integer_x(ax)
         ax.grid(alpha=0.3)
-    _legend(axes[0])
+    _figure_legend(fig, axes[0])
     fig.suptitle(PLOT_TITLES["chosen"])
     return _png(fig, dpi)
 
@@ -300,6 +313,6 @@ def selected_histogram(selected: pl.DataFrame, run_ids: list[str], dpi: int = 10
         ax.grid(alpha=0.3, axis="y")
     for j in range(len(rounds), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    _legend(axes[0][0])
+    _figure_legend(fig, axes[0][0])
     fig.suptitle(PLOT_TITLES["histogram"], fontsize=10)
     return _png(fig, dpi)
