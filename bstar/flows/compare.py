@@ -56,15 +56,13 @@ def compare(config: dict | str, compare_id: str | None = None, only: list[str] |
     start_id = f"{compare_id}-start"
     start = warm_start.with_options(result_storage=result_storage(start_cfg, start_id))(start_id, start_cfg.to_json())
 
-    runs = {}
     for arm in cc.arms:
+        if only and arm.name not in only:
+            continue  # not run now; the table uses whatever the lake already has of it
         for seed in cc.seeds:
             run_id = cc.run_id(compare_id, arm, seed)
-            if only and arm.name not in only:
-                runs[run_id] = None  # not run now; the table uses whatever it already has
-                continue
             cfg = arm_run_config(cc, arm, seed, policy=start["policy"], prm=start["prm"])
             # credentials stay out of flow parameters: the stages read them from the environment
-            runs[run_id] = bstar_run.with_options(flow_run_name=run_id)(config=json.loads(cfg.to_json()), run_id=run_id)
+            bstar_run.with_options(flow_run_name=run_id)(config=json.loads(cfg.to_json()), run_id=run_id)
     table = compare_table(compare_id, start_cfg.to_json(), cc.model_dump_json())
     return {"compare_id": compare_id, "root": cc.base.storage.root, "start": start, **table}
