@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from tests.prefect_server import free_port, server_env
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,12 +40,6 @@ COMPARED = {
     "metrics": ["iteration", "split", "name", "k", "s"],
     "checkpoints": ["iteration", "step", "mode"],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_tail(path: Path, n: int = 3000) -> str:
@@ -68,23 +63,17 @@ class PrefectServer:
 
     def __init__(self, home: Path, logs: Path):
         self.home, self.logs = home, logs
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            PREFECT_HOME=str(home),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_UI_ENABLED="false",
-            PREFECT_SERVER_UI_ENABLED="false",
+        env = server_env(
+            home,
             # Leases of concurrency slots (the `gpu` tag) must outlive a server restart: with the
             # default in-memory storage a slot held across a restart is never given back and
             # every later GPU stage waits forever (test_faults_server.py).
             PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem",
-            HF_HUB_OFFLINE="1",
             BSTAR_TORCH_THREADS=os.environ.get("BSTAR_TORCH_THREADS", "1"),
-            PYTHONUNBUFFERED="1",
         )
         env.pop("BSTAR_INJECT_FAULT", None)
         env.pop("BSTAR_KILL_AT", None)
