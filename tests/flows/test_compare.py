@@ -101,7 +101,7 @@ def test_include_gold_trains_on_the_seed_set_plus_the_selected_samples(compared)
 def test_prm_arm_scores_with_the_shared_prm_and_searches_the_threshold(compared):
     result, root = compared
     assert result["start"]["prm"].startswith(root)
-    scorers = frame(root, "SELECT DISTINCT run_id, scorer FROM rewards WHERE stage = 'train' ORDER BY run_id")
+    scorers = frame(root, "SELECT DISTINCT run_id, scorer FROM rewards WHERE stage = 'train' ORDER BY run_id, scorer")
     assert scorers.filter(pl.col("run_id") == "cmp-bstar-prm")["scorer"].to_list() == ["arith", "arith+prm"]
     assert scorers.filter(pl.col("run_id") == "cmp-rest-em")["scorer"].to_list() == ["arith"]
     grid = frame(root, "SELECT DISTINCT threshold FROM search WHERE run_id = 'cmp-bstar-prm' ORDER BY 1")
