@@ -192,7 +192,9 @@ class PRMTrainConfig(Strict):
     prefix roll out `rollouts` completions (temperature `rollout_temperature`) with the completer
     (default: the policy); a step is good (hard label) if any completion reaches the gold answer;
     the soft label is the fraction that does. The PRM (the policy's backbone + a scalar head) is
-    then trained with binary cross-entropy at every step-end token.
+    then trained with binary cross-entropy at every step-end token: `steps` optimizer steps on
+    global batches of `batch_size` examples, in `num_processes` processes (DDP through
+    `accelerate launch` when > 1; each takes its shard of every batch).
     """
 
     queries: PositiveInt = 200
@@ -206,6 +208,7 @@ class PRMTrainConfig(Strict):
     steps: PositiveInt = 300
     lr: Annotated[float, Field(gt=0)] = 1e-3
     batch_size: PositiveInt = 32
+    num_processes: PositiveInt = 1
     eval_queries: NonNegInt = 200
     eval_k: PositiveInt = 8
 

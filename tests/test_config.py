@@ -37,6 +37,7 @@ def test_defaults_are_valid_and_derive_mode_and_n_star():
         ({"eval": {"k": 8, "ks": [1, 2], "ss": [4]}}, "eval", "K >= S"),
         ({"data": {"train": {"loader": "no_colon"}}}, "data.train.loader", "dotted path"),
         ({"reward": {"kind": "answer+prm"}}, "reward", "prm"),
+        ({"reward": {"prm_train": {"num_processes": 0}}}, "reward.prm_train.num_processes", "greater than 0"),
         ({"iterations": "many"}, "iterations", "integer"),
     ],
 )
@@ -56,6 +57,7 @@ def test_overrides_parse_yaml_values_and_validate():
     cfg = parse_config({}, ["iterations=5", "sampling.temperature=0.7", "search.temperatures=[0.5, 1.0]"])
     assert cfg.iterations == 5 and cfg.sampling.temperature == 0.7
     assert cfg.search.temperatures == [0.5, 1.0]
+    assert parse_config({}, ["reward.prm_train.num_processes=2"]).reward.prm_train.num_processes == 2
     assert "sampling.k" in _error({}, ["sampling.k=0"])
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_config({}, ["novalue"])

@@ -288,7 +288,8 @@ def train_sft(
 
 
 def _train_one_call(pairs, *, init_checkpoint, out_dir, mode, epochs, max_steps, schedule_steps, total_rounds,
-                    resume_from, save_optimizer, num_processes=1, launch_args=None, **hp) -> CheckpointInfo:
+                    resume_from, save_optimizer, num_processes=1, launch_args=None, info_path=None,
+                    **hp) -> CheckpointInfo:
     t0 = time.time()
     recipe = SFTRecipe(resume_from or init_checkpoint, mode=mode, resume=resume_from is not None, **hp)
     if resume_from is not None:
@@ -299,8 +300,8 @@ def _train_one_call(pairs, *, init_checkpoint, out_dir, mode, epochs, max_steps,
     recipe.save(out_dir, save_optimizer=save_optimizer)
     info = CheckpointInfo(path=str(out_dir), step=recipe.state.step, mode=mode, losses=losses, tokens=tokens,
                           seconds=round(time.time() - t0, 3))
-    if recipe.accelerator.is_main_process and recipe.world > 1:
-        (Path(out_dir) / "checkpoint_info.json").write_text(json.dumps(asdict(info)))
+    if info_path and recipe.accelerator.is_main_process:  # launched: the caller reads it back
+        Path(info_path).write_text(json.dumps(asdict(info)))
     recipe.close()
     return info
 

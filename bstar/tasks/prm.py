@@ -231,7 +231,7 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
     out = cfg.reward.prm if (iteration == 0 and cfg.reward.prm) else prm_checkpoint_dir(cfg, run_id, iteration)
     info = train_prm(
         examples, init, out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
-        batch_size=t.batch_size, seed=cfg.seed,
+        batch_size=t.batch_size, num_processes=t.num_processes, seed=cfg.seed,
         provenance={"run_id": run_id, "iteration": iteration, "labels": t.label, "annotations": "math-shepherd"},
     )
     lake.write("checkpoints", [{"step": info.steps, "path": info.path, "mode": "prm"}], run_id, iteration, stage="prm")
