@@ -68,13 +68,23 @@ def _prompts(cfg, frame: pl.DataFrame) -> list[str]:
 
 
 def true_step_labels(verifier: str, response: str, question: str, n_steps: int) -> list[bool | None]:
-    """Step truth where it is known (arith: cumulative step check), else nulls."""
+    """Step truth where it is known, else nulls. Arith: a step is right when it and every step
+    before it are (the cumulative step check); the last step, which carries the final answer, is
+    right only when the whole solution is: one right step per operation and the final answer
+    equal to the gold. Without that, "23+45=68. #### 68" for "23+45-12=?" would be all-right
+    steps with a wrong answer, and a PRM could not learn that stopping early is a mistake."""
     if verifier not in ("arith", "arith-steps"):
         return [None] * n_steps
-    from bstar.verifiers.arith import check_steps
+    from bstar.datasets.arith import solve
+    from bstar.verifiers.arith import check_steps, verify_arith_steps
 
     labels = check_steps(response, question, cumulative=True)
-    return labels if len(labels) == n_steps else [None] * n_steps
+    if len(labels) != n_steps:
+        return [None] * n_steps
+    if labels:
+        gold = {"answer": str(solve(question)[1]), "question": question}
+        labels[-1] = labels[-1] and verify_arith_steps(response, gold).correct
+    return labels
 
 
 def _verify(verifier: str, pairs: list[tuple[str, str]], cfg) -> list[bool]:
@@ -338,8 +348,9 @@ def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
 
 @stage_task(tags=("gpu",))
 def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_json: str) -> dict:
-    """PRM quality on the run's first test split: step accuracy / AUC vs the truth (arith),
-    Math-Shepherd label agreement with the truth, Best-of-K (PRM vs random vs oracle), throughput."""
+    """PRM quality on the run's first test split: step accuracy / AUC vs the truth (arith), the
+    AUC for sound solutions among right answers, Math-Shepherd label agreement with the truth,
+    Best-of-K (PRM vs random vs oracle), throughput."""
     from bstar.datasets import answer_for_verifier
     from bstar.models.prm import roc_auc, scorer_from_options, split_steps
     from bstar.models.sampling import get_sampler, seed_for
@@ -367,19 +378,27 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
         score_s = time.time() - t0
         kind = prm.score_kind
     # step level, against the truth
-    ys, ps = [], []
-    for (qi, x), r in zip(flat, results):
+    ys, ps, sound, sound_scores = [], [], [], []
+    for (qi, x), r, ok in zip(flat, results, correct):
         truth = true_step_labels(verifier, x.text, rows[qi]["prompt"], len(split_steps(x.text, delim)))
         for y, p in zip(truth, r.step_scores):
             if y is not None:
                 ys.append(bool(y))
                 ps.append(p)
+        if ok and truth and truth[-1] is not None:
+            sound.append(bool(truth[-1]))  # the last step's truth: the whole solution is right
+            sound_scores.append(r.prm)
     cut = 0.5 if kind == "probability" else 0.0
     out: list[tuple] = []
     if ys:
         out += [(split, "prm_step_accuracy", None, None, sum((p > cut) == y for y, p in zip(ys, ps)) / len(ys)),
                 (split, "prm_step_auc", None, None, roc_auc(ys, ps)),
                 (split, "prm_step_positive_rate", None, None, sum(ys) / len(ys))]
+    if sound:
+        # What a B-STaR threshold above 1 acts on: among right final answers, does the PRM rank the
+        # solutions whose every step is right above those that reach the answer by wrong steps?
+        out += [(split, "prm_sound_auc_among_correct", None, None, roc_auc(sound, sound_scores)),
+                (split, "sound_rate_among_correct", None, None, sum(sound) / len(sound))]
     # response level: Best-of-K by PRM vs random vs oracle (and answer+prm)
     scored = pl.DataFrame({
         "split": split, "query_id": [qids[qi] for qi, _ in flat], "sample_idx": [x.sample_idx for _, x in flat],
