@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
     args = build_parser().parse_args(argv)
+    stop_cleanly_on_sigterm(args.command)
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, PermissionError) as err:
@@ -341,6 +342,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bstar {args.command}: error: the disk is full ({err}); free space, then rerun "
               "with --resume RUN_ID to continue from the last completed stage", file=sys.stderr)
         return 3
+
+
+def stop_cleanly_on_sigterm(command: str) -> None:
+    """Turn SIGTERM (`kill PID`, a scheduler, a container stop) into a normal exit with status 143.
+
+    During a flow Prefect catches SIGTERM, marks the run Crashed and re-sends the signal to the
+    previous handler; with Python's default one the process died at once and the temporary
+    Prefect server it had started (a uvicorn child) was left running forever. Exiting through
+    SystemExit runs the atexit hooks that stop that server.
+    """
+    import signal
+
+    def _stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        print(f"bstar {command}: stopped by SIGTERM; completed stages are kept, continue with "
+              "`bstar run CONFIG --resume RUN_ID`", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread (main() called from a thread): leave it alone
+        pass
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Deterministic crash points: SIGKILL this process at a named point inside a stage.
+"""Deterministic crash points: SIGKILL (or another signal) this process at a named point inside a stage.
 
 The fault tests (tests/reliability/test_faults*.py) kill a real `bstar run` at chosen points and
 resume it; a signal sent from outside at a random time could not say *where* the run died.
@@ -18,6 +18,9 @@ n-th time it reaches ``point`` within that stage task. Points:
 - ``done``: the stage returned, so its rows are in the lake, but Prefect has not yet recorded
   its result (the resume cache does not know it finished).
 
+`BSTAR_KILL_SIGNAL=TERM` sends SIGTERM instead of SIGKILL (what `kill PID`, a scheduler or a
+container stop sends): the run must stop cleanly, temporary Prefect server included.
+
 With the variable unset (always, outside these tests) a point costs one environment lookup.
 """
 
@@ -30,6 +33,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 KILL_ENV = "BSTAR_KILL_AT"
+SIGNAL_ENV = "BSTAR_KILL_SIGNAL"
 
 # The stage task running in this process (stages run one at a time) and its point counts.
 _stage: tuple[str, str | None, str] | None = None
@@ -69,13 +73,15 @@ def _matches(item: str, point: str, n: int) -> bool:
 
 
 def kill_point(point: str) -> None:
-    """SIGKILL this process if BSTAR_KILL_AT names this point of the running stage."""
+    """Signal this process (SIGKILL unless BSTAR_KILL_SIGNAL says otherwise) if BSTAR_KILL_AT
+    names this point of the running stage."""
     spec = os.environ.get(KILL_ENV)
     if not spec or _stage is None:
         return
     _hits[point] += 1
     for item in spec.split(","):
         if _matches(item, point, _hits[point]):
-            sys.stderr.write(f"{KILL_ENV}: SIGKILL at {item.strip()}\n")
+            sig = signal.Signals[f"SIG{os.environ.get(SIGNAL_ENV, 'KILL').upper().removeprefix('SIG')}"]
+            sys.stderr.write(f"{KILL_ENV}: {sig.name} at {item.strip()}\n")
             sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
