@@ -10,6 +10,15 @@ with the partition columns typed explicitly (``run_id`` VARCHAR, ``iteration`` I
 ``stage`` VARCHAR). ``scored`` = candidates JOIN rewards on (run_id, iteration, stage,
 query_id, sample_idx): one row per (candidate, scorer).
 
+``scored`` reads the part files itself rather than through the two views: its scans type
+``run_id`` and ``stage`` as ENUMs of the values in the connect-time listing (types
+``_scored_run_id`` and ``_scored_stage``), so the hash join compares two one-byte codes instead
+of two strings per row, and casts them back to VARCHAR in its output. Same rows, same column
+names and types; an aggregate over the whole join of 10M candidates x 10M rewards takes 25-40%
+less time (docs/reliability.md). The join stays an equi-join on the scanned columns, so a
+filter on ``run_id``, ``iteration`` or ``stage`` still prunes the part files of both tables.
+Partition names the lake would refuse (files copied in by hand) fall back to the string join.
+
 The list of part files is taken when connecting (one listing per table), so a connection
 reads a consistent snapshot and S3 is not re-listed on every query; reconnect to see parts
 written later. A table without files is an empty view with the right columns.
@@ -27,15 +36,16 @@ lake root, and the configuration is frozen, so SQL cannot read or write other fi
 from __future__ import annotations
 
 import os
+import re
 
 import duckdb
 import pyarrow as pa
 
 from .lake import Lake
-from .schemas import TABLES, spec
+from .schemas import _NAME_RE, PARTITION_COLUMNS, TABLES, spec
 from .snapshot_fs import SnapshotFileSystem
 
-__all__ = ["connect", "VIEWS", "duckdb_type", "view_sql"]
+__all__ = ["connect", "VIEWS", "duckdb_type", "view_sql", "scored_sql"]
 
 VIEWS = tuple(TABLES) + ("scored",)
 _S3_THREADS = 16
@@ -48,6 +58,21 @@ SELECT c.run_id, c.iteration, c.stage, c.query_id, c.sample_idx,
 FROM candidates AS c
 JOIN rewards AS r USING (run_id, iteration, stage, query_id, sample_idx)
 """
+# over part files: the same columns, run_id and stage joined as ENUM codes (module docstring)
+_SCORED_FILES_SQL = """
+CREATE OR REPLACE VIEW scored AS
+SELECT CAST(c.run_id AS VARCHAR) AS run_id, c.iteration, CAST(c.stage AS VARCHAR) AS stage,
+       c.query_id, c.sample_idx,
+       c.temperature, c.policy, c.response, c.n_tokens, c.finish_reason,
+       r.scorer, r.correct, r.extracted, r.status, r.step_scores, r.prm, r.reward
+FROM ({candidates}) AS c
+JOIN ({rewards}) AS r
+  ON c.run_id = r.run_id AND c.iteration = r.iteration AND c.stage = r.stage
+ AND c.query_id = r.query_id AND c.sample_idx = r.sample_idx
+"""
+_RUN_ENUM, _STAGE_ENUM = "_scored_run_id", "_scored_stage"
+# .../run_id=R/iteration=I/stage=S/part-*.parquet (paths from Lake.all_parts)
+_PARTITION_RE = re.compile(r"/run_id=([^/]+)/iteration=[0-9]+/stage=([^/]+)/[^/]+$")
 
 
 def duckdb_type(t: pa.DataType) -> str:
@@ -86,14 +111,52 @@ def view_sql(table: str, files: list[str]) -> str:
     if not files:
         cols = ", ".join(f"CAST(NULL AS {duckdb_type(f.type)}) AS {_quote_ident(f.name)}" for f in full)
         return f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} WHERE false"
-    # explicit casts: files written by older code may differ in width; the view type is the spec
-    cols = ", ".join(f"CAST({_quote_ident(f.name)} AS {duckdb_type(f.type)}) AS {_quote_ident(f.name)}" for f in full)
+    return f"CREATE OR REPLACE VIEW {name} AS {_select_files(table, files)}"
+
+
+def _select_files(table: str, files: list[str], run_type: str = "VARCHAR", stage_type: str = "VARCHAR") -> str:
+    """SELECT of ``table``'s full schema over ``files`` (partition columns from the paths)."""
+    full = spec(table).full_schema
+    # explicit casts: files written by older code may differ in width; the view type is the spec.
+    # The partition columns already have their type from hive_types.
+    cols = ", ".join(
+        _quote_ident(f.name) if f.name in PARTITION_COLUMNS
+        else f"CAST({_quote_ident(f.name)} AS {duckdb_type(f.type)}) AS {_quote_ident(f.name)}"
+        for f in full
+    )
     file_list = "[" + ", ".join(_quote_str(f) for f in files) + "]"
     return (
-        f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} FROM read_parquet({file_list}, "
+        f"SELECT {cols} FROM read_parquet({file_list}, "
         "hive_partitioning = true, union_by_name = true, "
-        "hive_types = {'run_id': VARCHAR, 'iteration': INTEGER, 'stage': VARCHAR})"
+        f"hive_types = {{'run_id': {run_type}, 'iteration': INTEGER, 'stage': {stage_type}}})"
     )
+
+
+def scored_sql(candidates: list[str], rewards: list[str]) -> list[str]:
+    """Statements creating the ``scored`` view over the given part files (module docstring)."""
+    if not candidates or not rewards:
+        return [_SCORED_SQL]  # over the (empty) typed views: no rows either way
+    runs: set[str] = set()
+    stages: set[str] = set()
+    for f in (*candidates, *rewards):
+        m = _PARTITION_RE.search(f)
+        if m is None or not (_NAME_RE.match(m.group(1)) and _NAME_RE.match(m.group(2))):
+            # not written by Lake (names it would refuse): join the strings, as the views read them
+            return [_SCORED_SQL]
+        runs.add(m.group(1))
+        stages.add(m.group(2))
+
+    def enum(name: str, values: set[str]) -> str:
+        return f"CREATE OR REPLACE TYPE {name} AS ENUM ({', '.join(_quote_str(v) for v in sorted(values))})"
+
+    return [
+        enum(_RUN_ENUM, runs),
+        enum(_STAGE_ENUM, stages),
+        _SCORED_FILES_SQL.format(
+            candidates=_select_files("candidates", candidates, _RUN_ENUM, _STAGE_ENUM),
+            rewards=_select_files("rewards", rewards, _RUN_ENUM, _STAGE_ENUM),
+        ),
+    ]
 
 
 def connect(
@@ -121,7 +184,8 @@ def connect(
             con.register_filesystem(SnapshotFileSystem(lake.fs, [f for parts in files.values() for f in parts]))
         for table in TABLES:
             con.execute(view_sql(table, files[table]))
-        con.execute(_SCORED_SQL)
+        for statement in scored_sql(files["candidates"], files["rewards"]):
+            con.execute(statement)
         if read_only:
             _lock(con, lake)
     except BaseException:

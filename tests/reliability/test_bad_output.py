@@ -12,6 +12,8 @@ checked before and after: no stray processes, no temp dirs, no planted files.
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import polars as pl
 import pytest
@@ -129,12 +131,41 @@ def _program_batch(n_copies: int) -> tuple[list[tuple[str, str]], list[set[str]]
     return [("q0", fenced(code)) for _, code, _ in programs], [st for *_, st in programs], [n for n, *_ in programs]
 
 
+_SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _sandbox_uid_entries() -> set[str]:
+    """Entries of the shared temp dirs owned by the sandbox uid (root hosts only): a program
+    that got out of its private /tmp would leave its files there under that uid."""
+    if os.geteuid() != 0:
+        return set()
+    out = set()
+    for d in _SHARED_DIRS:
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    try:
+                        if e.stat(follow_symlinks=False).st_uid == sb.NOBODY:
+                            out.add(e.path)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return out
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def _hostile_batch(tmp_path, n_copies: int, timeout_s: float):
     candidates, allowed, names = _program_batch(n_copies)
     s = scoring_lake(tmp_path, "apps", [("q0", STDIO_TESTS)], candidates, timeout_s=timeout_s)
-    before = host_state()
+    before, planted_before, fds_before = host_state(), _sandbox_uid_entries(), _open_fds()
+    t0 = time.monotonic()
     summary = score(s, "code")
-    after = host_state()
+    summary["wall_s"] = round(time.monotonic() - t0, 1)
+    after, planted_after = host_state(), _sandbox_uid_entries()
     rewards = read_rewards(s)
     assert rewards.height == len(candidates) == summary["scored"]
     bad = [(name, st) for name, st, ok in zip(names, rewards["status"], allowed) if st not in ok]
@@ -144,6 +175,9 @@ def _hostile_batch(tmp_path, n_copies: int, timeout_s: float):
     ]
     assert rewards["reward"].null_count() == 0  # every hostile program is a wrong answer, not a scorer failure
     assert host_changes(before, after) == {}
+    assert planted_after - planted_before == set()
+    # idle verifier workers are kept (their pipes stay open); a per-program leak would be hundreds
+    assert _open_fds() - fds_before < 16
     return summary
 
 
@@ -158,4 +192,5 @@ def test_sandbox_attacks_in_one_scoring_batch(tmp_path):
 def test_sandbox_attacks_at_batch_scale(tmp_path):
     """20 copies of the suite: 340 programs (320 hostile) in one scoring stage."""
     summary = _hostile_batch(tmp_path, 20, timeout_s=30)
+    print(f"\n340 programs: {summary['wall_s']} s, statuses {summary['status']}")
     assert summary["scored"] == 20 * (1 + len(HOSTILE_PROGRAMS)) and summary["correct"] == 20

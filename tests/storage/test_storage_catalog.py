@@ -109,3 +109,83 @@ def test_writable_connection_for_internal_use(filled, tmp_path):
     out = tmp_path / "export.parquet"
     con.execute(f"COPY (SELECT * FROM candidates) TO '{out}' (FORMAT parquet)")
     assert out.exists()
+
+
+def _string_join(con):
+    """The same query over the plain string-keyed join (the definition `scored` must match)."""
+    from bstar.storage.catalog import _SCORED_SQL
+
+    con.execute(_SCORED_SQL.replace("VIEW scored", "VIEW scored_by_strings"))
+
+
+SCORED_CHECKS = [
+    "SELECT * FROM {v}",
+    "SELECT run_id, iteration, stage, scorer, status, correct, count(*), avg(reward) FROM {v} GROUP BY ALL",
+    "SELECT * FROM {v} WHERE run_id = 'r2' AND iteration = 1",
+    "SELECT * FROM {v} WHERE stage IN ('eval', 'nope') OR run_id LIKE 'r1%'",
+    "SELECT count(*) FROM {v} WHERE run_id = 'not-a-run' OR stage = 'not-a-stage'",
+    "SELECT run_id || '/' || stage AS k, count(*) FROM {v} WHERE query_id = 'q1' GROUP BY ALL",
+]
+
+
+def test_scored_joins_enum_keys_with_the_same_rows_and_types(lake):
+    # two runs, two stages, two iterations; rewards of one partition have no candidates (dropped),
+    # candidates of another have no rewards (dropped), one partition has two scorers
+    for run in ("r1", "r2"):
+        for it in (0, 1):
+            for stage in ("train", "eval"):
+                if (run, it, stage) != ("r2", 1, "eval"):
+                    lake.write("candidates", candidates_rows(tag=f"{run}{it}{stage}"), run, it, stage)
+                if (run, it, stage) != ("r1", 0, "eval"):
+                    lake.write("rewards", rewards_rows(), run, it, stage, part="part-arith")
+    lake.write("rewards", rewards_rows(scorer="prm"), "r1", 1, "train", part="part-prm")
+    con = connect(lake.root, read_only=False)
+    _string_join(con)
+    for q in SCORED_CHECKS:
+        got = sorted(con.execute(q.format(v="scored")).fetchall(), key=repr)
+        assert got == sorted(con.execute(q.format(v="scored_by_strings")).fetchall(), key=repr), q
+    assert con.execute("SELECT count(*) FROM scored").fetchone()[0] == 12 * (8 - 2 + 1)
+    assert con.execute("DESCRIBE scored").fetchall() == con.execute("DESCRIBE scored_by_strings").fetchall()
+    assert con.execute("SELECT DISTINCT typeof(run_id), typeof(stage) FROM scored").fetchall() == [("VARCHAR", "VARCHAR")]
+
+
+def test_scored_reads_parts_written_by_older_code(lake):
+    """Parts with wider ints and without the nullable PRM columns (next to current ones) still join."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake.write("candidates", candidates_rows(), "r1", 0, "train")
+    lake.write("candidates", candidates_rows(), "r1", 1, "train")
+    lake.write("rewards", rewards_rows(), "r1", 1, "train", part="part-arith")
+    old = pa.table({
+        "query_id": [f"q{q}" for q in range(3) for _ in range(4)],
+        "sample_idx": pa.array([i for _ in range(3) for i in range(4)], pa.int64()),
+        "scorer": ["arith"] * 12,
+        "correct": [i == 0 for _ in range(3) for i in range(4)],
+        "extracted": ["1"] * 12,
+        "status": ["ok"] * 12,
+        "reward": pa.array([1.0 if i == 0 else 0.0 for _ in range(3) for i in range(4)], pa.float32()),
+    })
+    d = lake.partition_dir("rewards", "r1", 0, "train")
+    os.makedirs(d)
+    pq.write_table(old, f"{d}/part-arith.parquet")
+    con = connect(lake.root)
+    assert con.execute(
+        "SELECT iteration, count(*), sum(reward), count(prm), count(step_scores) FROM scored GROUP BY ALL ORDER BY ALL"
+    ).fetchall() == [(0, 12, 3.0, 0, 0), (1, 12, pytest.approx(3 * 1.6 + 9 * -0.8), 12, 12)]
+    assert con.execute("SELECT DISTINCT typeof(sample_idx), typeof(reward) FROM scored").fetchall() == [("INTEGER", "DOUBLE")]
+
+
+def test_scored_over_partition_names_the_lake_would_refuse(lake, tmp_path):
+    """Files copied in by hand under odd partition names: the plain string join still reads them."""
+    import shutil
+
+    lake.write("candidates", candidates_rows(), "r1", 0, "train")
+    lake.write("rewards", rewards_rows(), "r1", 0, "train", part="part-arith")
+    for table in ("candidates", "rewards"):
+        src = lake.partition_dir(table, "r1", 0, "train")
+        shutil.copytree(src, src.replace("run_id=r1", "run_id=odd run"))
+    con = connect(lake.root)
+    assert con.execute("SELECT run_id, count(*) FROM scored GROUP BY ALL ORDER BY ALL").fetchall() == [("odd run", 12), ("r1", 12)]
