@@ -223,7 +223,9 @@ class RewardConfig(Strict):
     prm_options: PRMOptions = PRMOptions()
     prm_train: PRMTrainConfig | None = None  # train the PRM first (`bstar prm run`) when `prm` is unset
     verify_workers: PositiveInt = 2
-    verify_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # hard limit per graded item; unset = the verifier's own (arith 5 s, math 10 s, code 90 s: a
+    # program's whole test budget plus sandbox start-up, so one shared default cut code short)
+    verify_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _prm_available(self) -> "RewardConfig":

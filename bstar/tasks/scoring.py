@@ -41,8 +41,9 @@ def base_verifier(cfg) -> str:
     return DATASET_VERIFIERS.get(ds.name, ds.name)
 
 
-def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float) -> pl.DataFrame:
-    """Verdicts for rows with `response` and `answer`, as reward columns (answer-only reward)."""
+def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float | None) -> pl.DataFrame:
+    """Verdicts for rows with `response` and `answer`, as reward columns (answer-only reward).
+    `timeout_s` None: the verifier's own per-item limit."""
     from bstar.verifiers import verify_many
 
     verdicts = verify_many(
