@@ -12,24 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from .conftest import CONFIG, log_tail
+from .fixtures_input import _proc_status
 
 
 def session_processes(sid: int) -> list[str]:
     """Command lines of the live processes of session `sid` (the run and everything it started)."""
     out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] is the session id
-                out.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError):
-            continue
+    for d in os.listdir("/proc"):
+        st = _proc_status(d) if d.isdigit() else {}
+        # NSsid: the session id (innermost namespace last); zombies are already gone
+        if st and st.get("NSsid", "").split()[-1:] == [str(sid)] and not st.get("State", "").startswith("Z"):
+            out.append(st["cmdline"])
     return out
 
 
