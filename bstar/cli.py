@@ -356,8 +356,8 @@ def stop_cleanly_on_sigterm(command: str) -> None:
 
     def _stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        print(f"bstar {command}: stopped by SIGTERM; completed stages are kept, continue with "
-              "`bstar run CONFIG --resume RUN_ID`", file=sys.stderr, flush=True)
+        print(f"bstar {command}: stopped by SIGTERM; completed stages are kept, rerun the same command "
+              "with --resume ID to continue", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     try:
