@@ -42,7 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from .lake import Lake
-from .schemas import _NAME_RE, PARTITION_COLUMNS, TABLES, spec
+from .schemas import NAME_RE, PARTITION_COLUMNS, TABLES, spec
 from .snapshot_fs import SnapshotFileSystem
 
 __all__ = ["connect", "VIEWS", "duckdb_type", "view_sql", "scored_sql"]
@@ -140,7 +140,7 @@ def scored_sql(candidates: list[str], rewards: list[str]) -> list[str]:
     stages: set[str] = set()
     for f in (*candidates, *rewards):
         m = _PARTITION_RE.search(f)
-        if m is None or not (_NAME_RE.match(m.group(1)) and _NAME_RE.match(m.group(2))):
+        if m is None or not (NAME_RE.match(m.group(1)) and NAME_RE.match(m.group(2))):
             # not written by Lake (names it would refuse): join the strings, as the views read them
             return [_SCORED_SQL]
         runs.add(m.group(1))

@@ -49,7 +49,7 @@ PARTITION_SCHEMA = pa.schema(
     ]
 )
 # run ids and stage names end up in paths and SQL literals: keep them boring.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class SchemaError(ValueError):
@@ -239,12 +239,12 @@ def spec(table: str) -> TableSpec:
 
 def check_partition(table: str, run_id: str, iteration: int, stage: str) -> None:
     """Refuse partition values that would make odd paths or SQL literals."""
-    if not isinstance(run_id, str) or not _NAME_RE.match(run_id):
-        raise SchemaError(f"{table}: run_id {run_id!r} must match {_NAME_RE.pattern}")
+    if not isinstance(run_id, str) or not NAME_RE.match(run_id):
+        raise SchemaError(f"{table}: run_id {run_id!r} must match {NAME_RE.pattern}")
     if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration < 2**31:
         raise SchemaError(f"{table}: iteration {iteration!r} must be a non-negative int")
-    if not isinstance(stage, str) or not _NAME_RE.match(stage):
-        raise SchemaError(f"{table}: stage {stage!r} must match {_NAME_RE.pattern}")
+    if not isinstance(stage, str) or not NAME_RE.match(stage):
+        raise SchemaError(f"{table}: stage {stage!r} must match {NAME_RE.pattern}")
 
 
 def to_arrow(data, table: str) -> pa.Table:
