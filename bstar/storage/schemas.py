@@ -38,6 +38,7 @@ __all__ = [
     "validate",
     "to_arrow",
     "check_partition",
+    "NAME_RE",
 ]
 
 PARTITION_COLUMNS = ("run_id", "iteration", "stage")
