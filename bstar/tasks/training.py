@@ -31,6 +31,15 @@ def _trainer_kwargs(cfg) -> dict:
     )
 
 
+def warmup_trainer_kwargs(cfg) -> dict:
+    """The rounds' trainer settings with the warm-up's own lr, batch size and (if set) weight decay."""
+    w = cfg.training.warmup
+    kw = _trainer_kwargs(cfg) | dict(lr=w.lr, batch_size=w.batch_size)
+    if w.weight_decay is not None:
+        kw["weight_decay"] = w.weight_decay
+    return kw
+
+
 def gold_examples(cfg, queries: pl.DataFrame) -> list[tuple[str, str]]:
     from bstar.datasets import gold_response, render_prompt
 
@@ -65,8 +74,8 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
     path, step = str(model), 0
     if w.steps > 0:
         train = warmup_queries(cfg, run_id)
-        kw = _trainer_kwargs(cfg) | dict(lr=w.lr, batch_size=w.batch_size)
-        info = sft_warmup(gold_examples(cfg, train), model, checkpoint_dir(cfg, run_id, "warmup"), max_steps=w.steps, **kw)
+        info = sft_warmup(gold_examples(cfg, train), model, checkpoint_dir(cfg, run_id, "warmup"), max_steps=w.steps,
+                          **warmup_trainer_kwargs(cfg))
         path, step = info.path, info.step
     lake.write("checkpoints", [{"step": step, "path": path, "mode": "warmup"}], run_id, 0)
     return {"policy": path, "step": step}
