@@ -5,7 +5,8 @@
     python benchmarks/bench_models.py train   [--steps 30]                      # training tokens/s
     python benchmarks/bench_models.py all
 
-    # later, on a GPU:  --device cuda --config 1b   (random-init 1B Llama in bf16)
+    # on a GPU:  --device cuda [--config 1b]   (random-init 1B Llama in bf16); sample and train
+    #            then also print mean GPU utilisation (NVML, polled every 0.2 s) and peak GPU memory
 
 Every subcommand prints one JSON line of figures (and --out FILE appends it there); `warmup
 --seeds ...` prints one line per seed and then their mean / min / max.
@@ -50,6 +51,53 @@ def final_answer(text: str) -> str | None:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class GpuMonitor:
+    """Mean GPU utilisation (%) and peak allocated memory over a `with` block; empty off CUDA.
+
+    Polls `torch.cuda.utilization()` (NVML) every 0.2 s from a thread; None where NVML is missing.
+    """
+
+    def __init__(self, device: str):
+        self.on = device.startswith("cuda")
+        self.samples: list[float] = []
+
+    def __enter__(self):
+        if self.on:
+            import threading
+
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        import torch
+
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(float(torch.cuda.utilization()))
+            except Exception:  # no NVML: utilisation unknown, the timings still hold
+                return
+
+    def __exit__(self, *exc):
+        if self.on:
+            import torch
+
+            torch.cuda.synchronize()
+            self._stop.set()
+            self._thread.join()
+            util = round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+            self.figures = {"gpu_util_mean_pct": util,
+                            "gpu_peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        return False
+
+    def result(self, prefix: str = "") -> dict:
+        return {prefix + k: v for k, v in getattr(self, "figures", {}).items()}
 
 
 def build_model(args, out_dir: str) -> str:
@@ -140,8 +188,9 @@ def cmd_sample(args) -> dict:
         s = TransformersSampler(path, device=args.device, model=model, tokenizer=tok, max_batch_rows=args.max_batch_rows)
         s.sample(prompts[:8], k=2, temperature=1.0, max_new_tokens=8, progress=False)  # warm up kernels
         t, c = time.time(), time.process_time()
-        cands = s.sample(prompts, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                         progress=False)
+        with GpuMonitor(args.device) as gpu:
+            cands = s.sample(prompts, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                             progress=False)
         ours_s, ours_cpu = time.time() - t, time.process_time() - c
         ours_tokens = sum(c.n_tokens for cs in cands for c in cs)
         res = {"bench": "sample", "prompts": args.prompts, "k": args.k, "temperature": args.temperature,
@@ -161,6 +210,7 @@ def cmd_sample(args) -> dict:
         res["speedup"] = round(res["ours_tok_per_s"] / res["naive_tok_per_s"], 2)
         res["speedup_cpu_time"] = round((ours_tokens / ours_cpu) / (naive_tokens / naive_cpu), 2)
         res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        res.update(gpu.result("ours_"))
     return res
 
 
@@ -176,8 +226,9 @@ def cmd_train(args) -> dict:
         train_sft(pairs, init, f"{tmp}/w", max_steps=2, batch_size=args.batch_size, device=args.device,
                   progress=False, save_optimizer=False)  # warm up
         t, c = time.time(), time.process_time()
-        info = train_sft(pairs, init, f"{tmp}/sft", max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         device=args.device, progress=False, save_optimizer=False)
+        with GpuMonitor(args.device) as gpu:
+            info = train_sft(pairs, init, f"{tmp}/sft", max_steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, device=args.device, progress=False, save_optimizer=False)
         secs, cpu = time.time() - t, time.process_time() - c
     n_all = sum(len(p) + len(r) + 2 for p, r in pairs[: args.batch_size]) / args.batch_size  # chars ~ tokens
     return {"bench": "train", "steps": args.steps, "batch_size": args.batch_size, "device": args.device,
@@ -186,7 +237,7 @@ def cmd_train(args) -> dict:
             "cpu_s_per_step": round(cpu / args.steps, 3),
             "response_tok_per_s": round(info.tokens / secs, 1),
             "all_tok_per_s_est": round(n_all * args.batch_size * args.steps / secs, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1), **gpu.result()}
 
 
 def main(argv=None):
