@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_lake import make_partition  # noqa: E402
-from bstar.storage.catalog import _SCORED_SQL, connect  # noqa: E402
+from bstar.storage.catalog import SCORED_VIEWS_SQL, connect  # noqa: E402
 from bstar.storage.lake import Lake  # noqa: E402
 from bstar.storage.queries import QUERIES, run_query  # noqa: E402
 from bstar.storage.sql import check_read_only  # noqa: E402
@@ -102,7 +102,7 @@ def _connect_string_join(root: Path):
     """A connection whose `scored` is the previous definition: candidates JOIN rewards USING
     (run_id, iteration, stage, query_id, sample_idx) over the two VARCHAR-keyed views."""
     con = connect(root, read_only=False)
-    con.execute(_SCORED_SQL)
+    con.execute(SCORED_VIEWS_SQL)
     return con
 
 

@@ -45,12 +45,13 @@ from .lake import Lake
 from .schemas import NAME_RE, PARTITION_COLUMNS, TABLES, spec
 from .snapshot_fs import SnapshotFileSystem
 
-__all__ = ["connect", "VIEWS", "duckdb_type", "view_sql", "scored_sql"]
+__all__ = ["connect", "VIEWS", "duckdb_type", "view_sql", "scored_sql", "SCORED_VIEWS_SQL"]
 
 VIEWS = tuple(TABLES) + ("scored",)
 _S3_THREADS = 16
 
-_SCORED_SQL = """
+# `scored` over the two typed views: the string-keyed join (fallback, and the reference in tests)
+SCORED_VIEWS_SQL = """
 CREATE OR REPLACE VIEW scored AS
 SELECT c.run_id, c.iteration, c.stage, c.query_id, c.sample_idx,
        c.temperature, c.policy, c.response, c.n_tokens, c.finish_reason,
@@ -135,14 +136,14 @@ def _select_files(table: str, files: list[str], run_type: str = "VARCHAR", stage
 def scored_sql(candidates: list[str], rewards: list[str]) -> list[str]:
     """Statements creating the ``scored`` view over the given part files (module docstring)."""
     if not candidates or not rewards:
-        return [_SCORED_SQL]  # over the (empty) typed views: no rows either way
+        return [SCORED_VIEWS_SQL]  # over the (empty) typed views: no rows either way
     runs: set[str] = set()
     stages: set[str] = set()
     for f in (*candidates, *rewards):
         m = _PARTITION_RE.search(f)
         if m is None or not (NAME_RE.match(m.group(1)) and NAME_RE.match(m.group(2))):
             # not written by Lake (names it would refuse): join the strings, as the views read them
-            return [_SCORED_SQL]
+            return [SCORED_VIEWS_SQL]
         runs.add(m.group(1))
         stages.add(m.group(2))
 

@@ -113,9 +113,9 @@ def test_writable_connection_for_internal_use(filled, tmp_path):
 
 def _string_join(con):
     """The same query over the plain string-keyed join (the definition `scored` must match)."""
-    from bstar.storage.catalog import _SCORED_SQL
+    from bstar.storage.catalog import SCORED_VIEWS_SQL
 
-    con.execute(_SCORED_SQL.replace("VIEW scored", "VIEW scored_by_strings"))
+    con.execute(SCORED_VIEWS_SQL.replace("VIEW scored", "VIEW scored_by_strings"))
 
 
 SCORED_CHECKS = [
