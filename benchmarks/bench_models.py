@@ -62,6 +62,7 @@ class GpuMonitor:
     def __init__(self, device: str):
         self.on = device.startswith("cuda")
         self.samples: list[float] = []
+        self.figures: dict = {}  # filled on exit, on CUDA only
 
     def __enter__(self):
         if self.on:
@@ -97,7 +98,7 @@ class GpuMonitor:
         return False
 
     def result(self, prefix: str = "") -> dict:
-        return {prefix + k: v for k, v in getattr(self, "figures", {}).items()}
+        return {prefix + k: v for k, v in self.figures.items()}
 
 
 def build_model(args, out_dir: str) -> str:
