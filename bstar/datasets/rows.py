@@ -178,9 +178,11 @@ def build_rows(
     verifier: str | None,
     on_error: str = "raise",
     limit: int | None = None,
+    offset: int = 0,
     max_prompt_chars: int = MAX_PROMPT_CHARS,
 ) -> Rows:
-    """Map records to internal rows under the error, size and duplicate policies above."""
+    """Map records to internal rows under the error, size and duplicate policies above; the
+    first `offset` valid rows are checked but left out (then at most `limit` are kept)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     out = Rows(dataset=dataset, verifier=verifier)
@@ -200,7 +202,8 @@ def build_rows(
                     continue
                 raise RowError(where, "query_id", f"duplicate id {qid!r} with different content (first at {first_where})")
             first_seen[qid] = (row["prompt"], row["answer"], where)
-            out.append(row)
+            if len(first_seen) > offset:
+                out.append(row)
         except RowError as e:
             if on_error == "raise":
                 raise

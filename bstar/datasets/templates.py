@@ -11,9 +11,11 @@ Templates:
 - `paper` (B-STaR's format): the answer comes after `# Answer`; shots are earlier
   question/solution pairs in the same format.
 - `arith`: the built-in task's compact format; gold = `meta["solution"]` (`23+45=68; 68-12=56. #### 56`).
-- `chat`: for instruct models; the question (plus an instruction to end with `# Answer`) as a
-  user message, shots as earlier user/assistant turns, rendered by the tokenizer's own
-  `apply_chat_template` (duck-typed: anything with that method works; transformers is not imported).
+- `chat`: for instruct models; the question (plus an instruction to end with `# Answer` and the
+  final answer, or the option's label for multiple choice) as a user message, shots as earlier
+  user/assistant turns, rendered by the tokenizer's own `apply_chat_template` (duck-typed:
+  anything with that method works; transformers is not imported). Stages render through
+  `bstar.tasks.prompts.render_prompts`, which passes the policy's own tokenizer.
 - `arc`: few-shot multiple choice; the model answers with a label after `Answer:`.
 
 The question text includes a multiple-choice item's options (`(A) ...` lines) and an APPS item's
@@ -27,7 +29,11 @@ from typing import Any, Sequence
 
 PAPER = "# Question\n\n{question}\n\n# Solution\n\n"
 ARITH = "Q: {question} A: "
+# Each instruction asks for an answer form its verifier reads: gsm8k also reads `\boxed{}` and
+# "The answer is N", math also `\boxed{}`, multiple choice a label after `# Answer`.
 CHAT_INSTRUCTION = "Solve the problem step by step. End with a line '# Answer' followed by the final answer."
+CHOICE_INSTRUCTION = ("Think it through step by step, then end with a line '# Answer' followed by the label "
+                      "of the correct option only.")
 CODE_INSTRUCTION = "Write a Python 3 program that solves the problem. Put the program in a single ```python code block."
 TEMPLATES = ("paper", "arith", "chat", "arc")
 
@@ -91,6 +97,8 @@ def _instruction(row: dict) -> str:
     meta = row.get("meta") or {}
     if "fn_name" in meta or "starter_code" in meta:
         return CODE_INSTRUCTION
+    if meta.get("labels") and meta.get("choices"):
+        return CHOICE_INSTRUCTION
     return CHAT_INSTRUCTION
 
 

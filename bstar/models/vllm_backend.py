@@ -2,6 +2,9 @@
 
 Same interface as the transformers backend. Every prompt is its own request with
 `SamplingParams(n=K, temperature, top_p, max_tokens, seed=seed_for(base_seed, prompt seed), stop)`,
+given to vLLM as token ids encoded by `bstar.models.loading.encode_prompts` (as the transformers
+backend and the trainer encode it: vLLM's own text path would add a second BOS in front of a
+chat template that already starts with one, and training would mask other tokens than were seen),
 so a rerun reproduces the same candidates (vLLM's per-request seeded sampling). Tensor parallelism
 is `tensor_parallel_size`; data parallelism (`data_parallel_size > 1`) runs one engine per GPU
 group in subprocesses, each on a contiguous slice of the prompts.
@@ -80,9 +83,12 @@ class VLLMSampler(Sampler):
         req_seeds = [seed_for(base_seed, s, first_sample_idx) & 0x7FFFFFFF for s in prompt_seeds]
         job = dict(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop,
                    first_sample_idx=first_sample_idx, progress=progress)
+        from bstar.models.loading import encode_prompts
+
+        requests = [{"prompt_token_ids": ids} for ids in encode_prompts(self.tokenizer, list(prompts))]
         if self.dp > 1:
-            return _data_parallel(self.engine_kwargs, self.tp, self.dp, list(prompts), req_seeds, job)
-        return _generate(self.llm, list(prompts), req_seeds, **job)
+            return _data_parallel(self.engine_kwargs, self.tp, self.dp, requests, req_seeds, job)
+        return _generate(self.llm, requests, req_seeds, **job)
 
     def close(self) -> None:
         if self.llm is not None:

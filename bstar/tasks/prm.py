@@ -23,6 +23,7 @@ import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
 from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries, test_splits
+from bstar.tasks.prompts import render_prompts
 
 ANNOTATE_STAGE = "annotate"
 PRM_EVAL_STAGE = "prm-eval"
@@ -61,10 +62,9 @@ def _delimiter_for(cfg, dataset: str, spec_delimiter: str | None = None) -> str:
     return cfg.reward.prm_options.step_delimiter or spec_delimiter or default_delimiter(dataset)
 
 
-def _prompts(cfg, frame: pl.DataFrame) -> list[str]:
-    from bstar.tasks.sampling import render_prompts
-
-    return render_prompts(cfg, frame)
+def _prompt_of(cfg, queries: pl.DataFrame, policy: str) -> dict[str, str]:
+    """query_id -> the prompt `policy` was (or is) sampled from: what the PRM scores behind."""
+    return dict(zip(queries["query_id"].to_list(), render_prompts(cfg, queries, policy)))
 
 
 def true_step_labels(verifier: str, response: str, question: str, n_steps: int) -> list[bool | None]:
@@ -117,7 +117,7 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
     frame = annotation_queries(cfg, run_id).slice(chunk * t.chunk_queries, t.chunk_queries)
     rows = as_rows(frame)
     qids = frame["query_id"].to_list()
-    prompts = _prompts(cfg, frame)
+    prompts = render_prompts(cfg, frame, policy)
     answers = [answer_for_verifier(r, verifier) for r in rows]
     part = f"part-c{chunk:04d}"
     t0 = time.time()
@@ -209,15 +209,16 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
 # ----------------------------------------------------------------------------------------------
 
 
-def prm_examples(cfg, run_id: str, iteration: int, label: str = "hard") -> list[dict]:
-    """(prompt, steps, labels) per annotated solution, from the `annotations` table."""
+def prm_examples(cfg, run_id: str, iteration: int, policy: str, label: str = "hard") -> list[dict]:
+    """(prompt, steps, labels) per annotated solution, from the `annotations` table; prompts
+    rendered for `policy` (the checkpoint the PRM is trained from shares its tokenizer)."""
     lake = lake_of(cfg)
     ann = lake.read("annotations", run_id, iteration, ANNOTATE_STAGE)
     if ann.is_empty():
         raise ValueError(f"no annotations for run {run_id} iteration {iteration}; run annotate_steps first")
     col = "hard_label" if label == "hard" else "soft_label"
     queries = read_queries(cfg, run_id, SPLIT_TRAIN).unique("query_id", keep="first")
-    prompt_of = dict(zip(queries["query_id"].to_list(), _prompts(cfg, queries)))
+    prompt_of = _prompt_of(cfg, queries, policy)
     grouped = (
         ann.sort("query_id", "sample_idx", "step")
         .group_by("query_id", "sample_idx", maintain_order=True)
@@ -237,7 +238,7 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     t = cfg.reward.prm_train
-    examples = prm_examples(cfg, run_id, iteration, t.label)
+    examples = prm_examples(cfg, run_id, iteration, init, t.label)
     out = cfg.reward.prm if (iteration == 0 and cfg.reward.prm) else prm_checkpoint_dir(cfg, run_id, iteration)
     info = train_prm(
         examples, init, out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
@@ -264,7 +265,11 @@ def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame,
             "reward.prm is not set: give a PRM checkpoint, or train one first with `bstar prm run CONFIG`"
         )
     queries = read_queries(cfg, run_id).unique("query_id", keep="first")
-    prompt_of = dict(zip(queries["query_id"].to_list(), _prompts(cfg, queries)))
+    policies = frame["policy"].unique().to_list()
+    if len(policies) > 1:
+        raise ValueError(f"candidates of one stage come from {len(policies)} policies: {policies[:3]}")
+    # the PRM scores a response behind the prompt its policy was sampled from
+    prompt_of = _prompt_of(cfg, queries, policies[0]) if policies else {}
     dataset_of = dict(zip(queries["query_id"].to_list(), queries["dataset"].to_list()))
     with scorer_from_options(cfg.reward.prm, cfg.reward.prm_options) as prm:
         qids = frame["query_id"].to_list()
@@ -363,7 +368,7 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
     verifier = base_verifier(cfg)
     split = f"test-{cfg.data.test[0].name}"
     frame = read_queries(cfg, run_id, split).unique("query_id", keep="first").sort("query_id").head(t.eval_queries)
-    rows, qids, prompts = as_rows(frame), frame["query_id"].to_list(), _prompts(cfg, frame)
+    rows, qids, prompts = as_rows(frame), frame["query_id"].to_list(), render_prompts(cfg, frame, policy)
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
         outs = sampler.sample(prompts, k=t.eval_k, temperature=cfg.eval.temperature, max_new_tokens=s.max_new_tokens,
                               seeds=[seed_for(q) for q in qids], base_seed=seed_for(cfg.seed, run_id, PRM_EVAL_STAGE),

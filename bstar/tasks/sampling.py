@@ -12,27 +12,10 @@ import logging
 import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
-from bstar.tasks.data import as_rows, subset_frame
+from bstar.tasks.data import subset_frame
+from bstar.tasks.prompts import render_prompts
 
 log = logging.getLogger(__name__)
-
-
-DEFAULT_TEMPLATES = {"arith": "arith", "arc": "arc"}
-
-
-def template_of(cfg, row: dict) -> str:
-    """The prompt template of the dataset a query came from: configured, else the dataset's own,
-    else the chat template for instruct models and the paper's format otherwise."""
-    ds = next((d for d in (cfg.data.train, *cfg.data.test) if d.name == row.get("dataset")), cfg.data.train)
-    if ds.template:
-        return ds.template
-    return DEFAULT_TEMPLATES.get(ds.name, "chat" if cfg.model.chat_template else "paper")
-
-
-def render_prompts(cfg, frame: pl.DataFrame, tokenizer=None) -> list[str]:
-    from bstar.datasets import render_prompt
-
-    return [render_prompt(template_of(cfg, r), r, tokenizer=tokenizer) for r in as_rows(frame)]
 
 
 def part_name(subset: str, temperature: float) -> str:
@@ -60,7 +43,7 @@ def sample_candidates(
     qids = frame["query_id"].to_list()
     n = 0
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
-        prompts = render_prompts(cfg, frame, tokenizer=sampler.tokenizer if cfg.model.chat_template else None)
+        prompts = render_prompts(cfg, frame, sampler.tokenizer)
         for t_idx, temperature in enumerate(temperatures):
             outs = sample_with_backoff(
                 sampler,

@@ -70,7 +70,7 @@ def gold_rows(cfg, run_id: str) -> pl.DataFrame:
     from bstar.datasets import gold_response
 
     from bstar.tasks.data import as_rows, warmup_queries
-    from bstar.tasks.sampling import template_of
+    from bstar.tasks.prompts import template_of
 
     seed_set = warmup_queries(cfg, run_id)
     if seed_set.is_empty():

@@ -14,6 +14,7 @@ import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, read_queries, warmup_queries
+from bstar.tasks.prompts import render_prompts, template_of
 
 
 def _trainer_kwargs(cfg) -> dict:
@@ -40,16 +41,30 @@ def warmup_trainer_kwargs(cfg) -> dict:
     return kw
 
 
-def gold_examples(cfg, queries: pl.DataFrame) -> list[tuple[str, str]]:
-    from bstar.datasets import gold_response, render_prompt
+def gold_examples(cfg, queries: pl.DataFrame, policy: str) -> list[tuple[str, str]]:
+    """(prompt rendered for `policy`, gold response) per query: the warm-up's SFT pairs."""
+    from bstar.datasets import gold_response
 
-    from bstar.tasks.sampling import template_of
+    prompts = render_prompts(cfg, queries, policy)
+    return [(p, gold_response(template_of(cfg, r), r)) for p, r in zip(prompts, as_rows(queries))]
 
-    out = []
-    for row in as_rows(queries):
-        template = template_of(cfg, row)
-        out.append((render_prompt(template, row), gold_response(template, row)))
-    return out
+
+def initial_policy(cfg, run_id: str) -> str:
+    """The checkpoint directory (or hub id) a run starts from: the tiny model built for it, a GGUF
+    checkpoint de-quantized once into `_checkpoints/RUN/base`, or `model.name_or_path` as it is."""
+    from bstar.models.loading import gguf_source, materialize_gguf
+
+    m = cfg.model
+    if m.name_or_path == "tiny":
+        from bstar.models.tiny import build_tiny_policy
+
+        return build_tiny_policy(checkpoint_dir(cfg, run_id, "init"), hidden=m.hidden_size, layers=m.num_layers,
+                                 heads=m.num_heads, seed=cfg.seed)
+    gguf = gguf_source(m.name_or_path, m.gguf_file)
+    if gguf is not None:
+        dtype = "fp32" if m.dtype == "auto" else m.dtype
+        return materialize_gguf(*gguf, checkpoint_dir(cfg, run_id, "base"), dtype=dtype)
+    return m.name_or_path
 
 
 @stage_task(tags=("gpu",))
@@ -59,23 +74,13 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
-    model = cfg.model.name_or_path
-    if model == "tiny":
-        from bstar.models.tiny import build_tiny_policy
-
-        model = build_tiny_policy(
-            checkpoint_dir(cfg, run_id, "init"),
-            hidden=cfg.model.hidden_size,
-            layers=cfg.model.num_layers,
-            heads=cfg.model.num_heads,
-            seed=cfg.seed,
-        )
+    model = initial_policy(cfg, run_id)
     w = cfg.training.warmup
     path, step = str(model), 0
     if w.steps > 0:
         train = warmup_queries(cfg, run_id)
-        info = sft_warmup(gold_examples(cfg, train), model, checkpoint_dir(cfg, run_id, "warmup"), max_steps=w.steps,
-                          **warmup_trainer_kwargs(cfg))
+        info = sft_warmup(gold_examples(cfg, train, model), model, checkpoint_dir(cfg, run_id, "warmup"),
+                          max_steps=w.steps, **warmup_trainer_kwargs(cfg))
         path, step = info.path, info.step
     lake.write("checkpoints", [{"step": step, "path": path, "mode": "warmup"}], run_id, 0)
     return {"policy": path, "step": step}
@@ -85,8 +90,6 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
 def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
     """SFT on this round's selections; the training mode picks the starting checkpoint."""
     from bstar.models.trainer import round_init_checkpoint, train_sft
-
-    from bstar.tasks.sampling import render_prompts
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
@@ -98,7 +101,8 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
         lake.write("checkpoints", [{"step": _step_of(start), "path": start, "mode": mode}], run_id, iteration)
         return {"policy": start, "step": _step_of(start), "examples": 0}
     rows = selected.join(read_queries(cfg, run_id, "train"), on="query_id").sort("query_id", "sample_idx")
-    examples = list(zip(render_prompts(cfg, rows), rows["response"].to_list()))
+    # rendered with the tokenizer of the checkpoint being trained: the prompt tokens the sampler saw
+    examples = list(zip(render_prompts(cfg, rows, start), rows["response"].to_list()))
     t = cfg.training
     steps = dict(max_steps=t.max_steps) if t.max_steps else dict(epochs=t.epochs)
     info = train_sft(

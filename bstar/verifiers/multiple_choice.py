@@ -12,7 +12,9 @@ The `answer` argument is one of:
     verify_multiple_choice("... # Answer\n\nC", {"label": "C", "labels": ["A", "B", "C", "D"]})
 
 Reading the response: the text after the last `# Answer`, else the last "answer is X" /
-"Answer: X" / `\\boxed{X}`, else a response that is only a label (`"(B)"`, `"B."`). The label may
+"Answer: X" / `\\boxed{X}`, else a response that is only a label (`"(B)"`, `"B."`), else one
+line quoting a single option (`"(C) They have each gained ..."`; a list of every option is no
+answer). The label may
 be written in the other numbering: ARC items labelled `1`-`4` accept `B` for the second choice,
 and letter-labelled items accept `2`; a response that repeats a choice's text also counts.
 """
@@ -31,6 +33,9 @@ _ANSWER_IS_RE = re.compile(
 )
 _LEADING_RE = re.compile(r"^\s*\(?([A-Z]|\d)\)?\s*(?:[.)]|\n|$)")
 _BOXED_RE = re.compile(r"\\boxed\{\s*\(?([A-Za-z]|\d{1,2})\)?\s*\}")
+# An instruct model that answers by quoting one option: "(C) They have each gained ..." on a line
+# of its own. Read only when the response quotes exactly one option (a list of all is no answer).
+_QUOTED_OPTION_RE = re.compile(r"(?m)^\s*\(?([A-Z]|\d)\)\s+\S")
 
 
 def parse_answer(answer) -> tuple[str, list[str], list[str]]:
@@ -110,8 +115,11 @@ def extract_label(response, labels: list[str], choices: list[str] | None = None)
         else:
             # A few-shot completion after "Answer:" that ran on: " C\n\nQuestion: ...".
             m = _LEADING_RE.match(text)
-            if m:
+            quoted = set(_QUOTED_OPTION_RE.findall(text))
+            if m and not _QUOTED_OPTION_RE.match(text):
                 candidates.append(m.group(1))
+            elif len(quoted) == 1:
+                candidates.append(quoted.pop())
     if not candidates:
         stripped = text.strip()
         for lab, choice in zip(labels, choices):

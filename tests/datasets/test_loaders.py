@@ -197,6 +197,18 @@ def test_limit_split_and_spec_forms(tmp_path):
         load({"name": "math", "path": str(path), "on_error": "ignore"})
 
 
+def test_offset_and_limit_cut_one_file_into_disjoint_parts(shared_data):
+    path = str(shared_data / "gsm8k" / "test.jsonl")
+    everything = load({"name": "gsm8k", "path": path})
+    train = load({"name": "gsm8k", "path": path, "limit": 1000})
+    test = load({"name": "gsm8k", "path": path, "offset": 1295, "limit": 100})
+    assert len(everything) == 1319 and len(train) == 1000 and len(test) == 24  # the file ends first
+    assert [r["query_id"] for r in test] == [r["query_id"] for r in everything][1295:]
+    assert not {r["query_id"] for r in train} & {r["query_id"] for r in test}
+    with pytest.raises(ValueError, match="offset must be a non-negative integer"):
+        load({"name": "gsm8k", "path": path, "offset": -2})
+
+
 def test_hub_without_datasets_package_says_how_to_fix():
     pytest.importorskip("math_verify")
     try:

@@ -5,78 +5,57 @@ import math
 import polars as pl
 import pytest
 
-from bstar.algorithms import balance_grid
 from bstar.config import load_config
 from bstar.storage.catalog import connect
 from bstar.storage.lake import Lake
-from bstar.storage.schemas import TABLES
 
 from .conftest import SMOKE
+from .lake_checks import (
+    check_every_table_filled,
+    check_hf_checkpoint,
+    check_metrics,
+    check_no_duplicate_keys,
+    check_search_grid,
+    check_selections_above_threshold,
+)
 
 
 def test_every_table_is_filled(smoke_run):
     result, root = smoke_run
-    con = connect(root)
-    for table in set(TABLES) - {"annotations"}:  # annotations: PRM training data only
-        n = con.sql(f"SELECT count(*) FROM {table} WHERE run_id = 'smoke-test'").fetchall()[0][0]
-        assert n > 0, f"table {table} is empty after the smoke run"
+    check_every_table_filled(root, "smoke-test")
     assert len(result["rounds"]) == 2
 
 
 def test_no_duplicate_keys(smoke_run):
     _, root = smoke_run
-    lake = Lake(root)
-    for table in TABLES:
-        assert lake.duplicate_keys(table, "smoke-test").is_empty(), table
+    check_no_duplicate_keys(root, "smoke-test")
 
 
 def test_selections_are_stored_candidates_above_the_chosen_threshold(smoke_run):
     _, root = smoke_run
-    con = connect(root)
-    bad = con.sql(
-        """
-        SELECT s.iteration, s.query_id, s.sample_idx, r.reward, g.threshold
-        FROM selections s
-        JOIN search g ON g.run_id = s.run_id AND g.iteration = s.iteration AND g.chosen
-        LEFT JOIN candidates c ON c.run_id = s.run_id AND c.iteration = s.iteration
-             AND c.stage = 'train' AND c.query_id = s.query_id AND c.sample_idx = s.sample_idx
-        LEFT JOIN rewards r ON r.run_id = s.run_id AND r.iteration = s.iteration AND r.stage = 'train'
-             AND r.query_id = s.query_id AND r.sample_idx = s.sample_idx
-        WHERE s.run_id = 'smoke-test' AND (c.response IS NULL OR NOT (r.reward > g.threshold))
-        """
-    ).pl()
-    assert bad.is_empty(), bad
-    n = con.sql("SELECT count(*) FROM selections WHERE run_id = 'smoke-test'").fetchall()[0][0]
-    assert n > 0
+    assert check_selections_above_threshold(root, "smoke-test") > 0
 
 
 def test_stored_search_grid_equals_recomputed_balance_grid(smoke_run):
     _, root = smoke_run
-    cfg = load_config(SMOKE)
-    con = connect(root)
-    for it in (1, 2):
-        scored = con.sql(
-            f"SELECT query_id, temperature, response, coalesce(correct, false) AS correct, reward "
-            f"FROM scored WHERE run_id = 'smoke-test' AND iteration = {it} AND stage = 'search'"
-        ).pl()
-        stored = con.sql(
-            f"SELECT temperature, threshold, balance_score, n_selected, n_unique_correct, n_queries, chosen "
-            f"FROM search WHERE run_id = 'smoke-test' AND iteration = {it} ORDER BY temperature, threshold"
-        ).pl()
-        again = balance_grid(scored, cfg.search.thresholds, cfg.selection.n_star)
-        assert stored.drop("chosen").equals(again.select(stored.drop("chosen").columns))
-        best = stored.filter("chosen").row(0, named=True)
-        assert best["balance_score"] == pytest.approx(stored["balance_score"].max())
+    check_search_grid(root, "smoke-test", load_config(SMOKE), iterations=2)
 
 
 def test_metrics_have_greedy_pass_at_1_for_every_round(smoke_run):
     result, root = smoke_run
-    m = Lake(root).read("metrics", "smoke-test").filter(pl.col("name") == "greedy_pass@1")
-    assert sorted(m["iteration"].to_list()) == [0, 1, 2]
-    assert all(0.0 <= v <= 1.0 for v in m["value"])
+    check_metrics(root, "smoke-test", iterations=2)
     for r in result["rounds"]:
         assert set(r) >= {"temperature", "threshold", "selected", "pass@1", "policy"}
         assert not math.isnan(r["temperature"])
+
+
+def test_round_checkpoints_are_standard_hugging_face_directories(smoke_run):
+    """Every checkpoint the run wrote loads with transformers alone, in a fresh process."""
+    result, root = smoke_run
+    paths = Lake(root).read("checkpoints", "smoke-test")["path"].unique().to_list()
+    assert result["policy"] in paths and len(paths) == 3  # warm-up, rounds 1 and 2
+    out = check_hf_checkpoint(result["policy"])
+    assert out["arch"] == "LlamaForCausalLM"
 
 
 def test_rescore_adds_rewards_beside_the_old_ones_without_sampling(smoke_run):

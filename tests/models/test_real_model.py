@@ -10,7 +10,8 @@ pytestmark = pytest.mark.slow
 
 def test_smollm2_gguf_sample_train_save_reload_sample(tmp_path):
     pytest.importorskip("gguf")
-    from bstar.models.loading import find_packaged_gguf, format_prompt, load_policy, materialize_gguf
+    from bstar.datasets import render_prompt
+    from bstar.models.loading import find_packaged_gguf, load_policy, materialize_gguf
     from bstar.models.sampling import TransformersSampler, get_sampler
     from bstar.models.trainer import train_sft
 
@@ -20,7 +21,7 @@ def test_smollm2_gguf_sample_train_save_reload_sample(tmp_path):
     gguf_dir, gguf_file = found
     model, tok = load_policy(gguf_dir, gguf_file=gguf_file, device="cpu", dtype="fp32")
     assert getattr(model.config, "quantization_config", None) is None
-    prompt = format_prompt(tok, "What is 2+3?", template="chat")
+    prompt = render_prompt("chat", {"prompt": "What is 2+3?", "answer": "5"}, tokenizer=tok)
     s = TransformersSampler(gguf_dir, device="cpu", model=model, tokenizer=tok)
     before = s.sample([prompt], k=2, temperature=0.7, max_new_tokens=8, progress=False)[0]
     assert len(before) == 2 and all(0 < c.n_tokens <= 8 for c in before)
@@ -28,6 +29,10 @@ def test_smollm2_gguf_sample_train_save_reload_sample(tmp_path):
     s.close()
 
     base = materialize_gguf(gguf_dir, gguf_file, tmp_path / "smollm2")
+    assert not (tmp_path / "smollm2.partial").exists()
+    stamp = (tmp_path / "smollm2" / "model.safetensors").stat().st_mtime_ns
+    assert materialize_gguf(gguf_dir, gguf_file, tmp_path / "smollm2") == base  # de-quantized once
+    assert (tmp_path / "smollm2" / "model.safetensors").stat().st_mtime_ns == stamp
     again, _ = load_policy(base, device="cpu", dtype="fp32")
     assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in model.parameters())
     del again, model

@@ -20,16 +20,19 @@ def fake_vllm(monkeypatch):
             calls["engine"] = kw
 
         def generate(self, prompts, params, use_tqdm=True):
-            calls["params"] = params
+            calls["params"], calls["prompts"] = params, prompts
             outs = []
             for p, sp in zip(prompts, params):
-                cands = [SimpleNamespace(index=j, text=f"{p}|{sp.seed}|{j}", token_ids=[1] * (j + 1),
+                ids = ",".join(map(str, p["prompt_token_ids"]))
+                cands = [SimpleNamespace(index=j, text=f"{ids}|{sp.seed}|{j}", token_ids=[1] * (j + 1),
                                          finish_reason="length" if j == 0 else "stop") for j in range(sp.n)]
                 outs.append(SimpleNamespace(outputs=cands[::-1]))  # out of order on purpose
             return outs
 
         def get_tokenizer(self):
-            return "tok"
+            from bstar.models.tiny import build_char_tokenizer
+
+            return build_char_tokenizer()
 
     mod = types.ModuleType("vllm")
     mod.LLM, mod.SamplingParams = LLM, SamplingParams
@@ -42,11 +45,15 @@ def test_vllm_sampler_maps_requests_and_outputs(fake_vllm):
 
     with get_sampler("vllm", "/models/x", tensor_parallel_size=2, gpu_memory_utilization=0.5) as s:
         assert fake_vllm["engine"]["tensor_parallel_size"] == 2 and fake_vllm["engine"]["model"] == "/models/x"
-        assert s.tokenizer == "tok"
         out = s.sample(["a", "b"], k=3, temperature=0.8, top_p=0.9, max_new_tokens=16, seeds=[1, 2], base_seed=5,
                        stop=["\n"])
         again = s.sample(["a", "b"], k=3, temperature=0.8, top_p=0.9, max_new_tokens=16, seeds=[1, 2], base_seed=5)
         g = s.greedy(["a"], max_new_tokens=4)
+    # token ids, encoded as the transformers sampler and the trainer encode them (BOS added once)
+    from bstar.models.loading import encode_prompts
+
+    assert fake_vllm["prompts"] == [{"prompt_token_ids": encode_prompts(s.tokenizer, ["a"])[0]}]
+    assert encode_prompts(s.tokenizer, ["<s>a"]) == encode_prompts(s.tokenizer, ["a"])
     p = fake_vllm["params"][0]
     assert (p.n, p.temperature, p.top_p, p.max_tokens) == (1, 0.0, 1.0, 4)
     assert [[c.sample_idx for c in cs] for cs in out] == [[0, 1, 2], [0, 1, 2]]

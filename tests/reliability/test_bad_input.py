@@ -40,6 +40,9 @@ from bstar.preflight import PreflightError, Problem, check_run, preflight
         ({"eval": {"k": 4, "ks": [8]}}, "eval", "exceed"),
         ({"eval": {"ks": []}}, "eval.ks", "at least 1 item"),
         ({"selection": {"n_target": 0}}, "selection.n_target", "greater than 0"),
+        ({"model": {"name_or_path": "./m", "gguf_file": "model.bin"}}, "model", "must name a .gguf file"),
+        ({"model": {"gguf_file": "m.gguf"}}, "model", "name_or_path is 'tiny'"),
+        ({"data": {"train": {"name": "gsm8k", "path": "x", "offset": -1}}}, "data.train.offset", "greater than or equal"),
     ],
 )
 def test_bad_config_fails_naming_the_field(raw, field, words):
@@ -90,6 +93,31 @@ def test_model_paths(tmp_path):
         assert list(problems) == ["model.name_or_path"] and words in problems["model.name_or_path"], (name, problems)
     prm = _fields(check_run(_cfg(tmp_path, reward={"kind": "answer+prm", "prm": str(tmp_path / "no-prm")})))
     assert "does not exist" in prm["reward.prm"]
+
+
+def test_gguf_models_and_chat_templates(tmp_path):
+    """A GGUF source must exist (package installed and shipping one, or the file present) and a
+    chat template must be there when model.chat_template asks for it, all before any work."""
+    (tmp_path / "gg").mkdir()
+    (tmp_path / "gg" / "m.gguf").write_bytes(b"GGUF")
+    assert check_run(_cfg(tmp_path, model={"name_or_path": str(tmp_path / "gg"), "gguf_file": "m.gguf"})) == []
+    assert check_run(_cfg(tmp_path, model={"name_or_path": str(tmp_path / "gg" / "m.gguf")})) == []
+    cases = [
+        ({"name_or_path": str(tmp_path / "gg"), "gguf_file": "other.gguf"}, "model.gguf_file", "'other.gguf' not found"),
+        ({"name_or_path": str(tmp_path / "nope.gguf")}, "model.name_or_path", "'nope.gguf' not found"),
+        ({"name_or_path": "package:no_such_pkg_3f9a"}, "model.name_or_path", "'no_such_pkg_3f9a' is not installed"),
+        ({"name_or_path": "tiny", "chat_template": True}, "model.chat_template", "tiny model has no chat template"),
+    ]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "tokenizer_config.json").write_text("{}")
+    cases.append(({"name_or_path": str(ckpt), "chat_template": True}, "model.chat_template", "has no chat template"))
+    for model, field, words in cases:
+        problems = _fields(check_run(_cfg(tmp_path, model=model)))
+        assert list(problems) == [field] and words in problems[field], (model, problems)
+    (ckpt / "chat_template.jinja").write_text("{{ messages }}")
+    assert check_run(_cfg(tmp_path, model={"name_or_path": str(ckpt), "chat_template": True})) == []
 
 
 def test_data_files_loaders_and_verifiers(tmp_path):

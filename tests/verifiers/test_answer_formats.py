@@ -88,6 +88,16 @@ def test_arith_matches_generated_gold():
         ("... #### 19", "18", False, "19"),
         ("3 apples then 5 pears", "5", True, "5"),
         ("answer 0.5", "Janet ... #### 0.50", True, "1/2"),
+        # the forms instruct and math-tuned models write; the last explicit answer wins over later numbers
+        ("3 + 4 = 7 apples. The answer is: 7\n\nI hope that helps with 2 of your questions.", "7", True, "7"),
+        ("She pays 5 * 3 = 15. The answer is $15.", "15", True, "15"),
+        ("Final Answer: The final answer is $\\boxed{42}$. I hope it is correct (1 try).", "42", True, "42"),
+        ("So x = \\boxed{\\frac{3}{4}} of the 12 cakes.", "0.75", True, "3/4"),
+        ("**Answer:** 12 apples, from 3 boxes", "12", True, "12"),
+        ("the answer is \\(10\\), not 3", "10", True, "10"),
+        ("# Answer\n\n12\n\nThe answer is 13.", "13", True, "13"),  # a later explicit answer corrects it
+        ("The answer is 8. Check: 8 - 5 = 3", "8", True, "8"),
+        ("#### 5\n\n6 apples in total", "5", True, "5"),
     ],
 )
 def test_gsm8k(response, answer, correct, extracted):
