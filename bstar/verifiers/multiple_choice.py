@@ -29,13 +29,14 @@ from bstar.verifiers.base import ERROR, NO_ANSWER, OK, Verdict, after_marker, as
 _TOKEN_RE = re.compile(r"^\s*(?:\\boxed\{\s*)?\**\s*\(?\s*([A-Za-z]|\d{1,2})\s*\)?(?:\s*\})?\**(?:[.:)\s,]|$)")
 # Words case-insensitive, the label itself upper case or a digit: "the answer is a ..." is prose.
 _ANSWER_IS_RE = re.compile(
-    r"(?i:answer|choice|option)\s*(?i:is|:)?\s*(?i:option|choice)?\s*[:\-]?\s*\**\s*\(?\s*([A-Z]|\d{1,2})\s*\)?\**(?=[\s.,;:)!]|$)"
+    r"(?i:answer|choice|option)\s*(?i:is|:)?\s*(?i:option|choice)?\s*[:\-]?\s*\**\s*['\"‘“]?\(?\s*([A-Z]|\d{1,2})\s*\)?"
+    r"['\"’”]?\**(?=[\s.,;:)!]|$)"
 )
 _LEADING_RE = re.compile(r"^\s*\(?([A-Z]|\d)\)?\s*(?:[.)]|\n|$)")
 _BOXED_RE = re.compile(r"\\boxed\{\s*\(?([A-Za-z]|\d{1,2})\)?\s*\}")
 # An instruct model that answers by quoting one option: "(C) They have each gained ..." on a line
 # of its own. Read only when the response quotes exactly one option (a list of all is no answer).
-_QUOTED_OPTION_RE = re.compile(r"(?m)^\s*\(?([A-Z]|\d)\)\s+\S")
+_QUOTED_OPTION_RE = re.compile(r"(?m)^\s*\**\s*\(?([A-Z]|\d)[).]\s+\S")
 
 
 def parse_answer(answer) -> tuple[str, list[str], list[str]]:
