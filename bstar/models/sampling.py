@@ -111,15 +111,9 @@ def get_sampler(backend: str, model_path: str, **opts) -> Sampler:
 
 
 def _hash32(x):
-    """A 32-bit integer mixer on int64 tensors holding values in [0, 2^32) (no overflow)."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & M32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & M32
-    return (x >> 16) ^ x
-
-
-def _hash32_(x):
-    """`_hash32` in place (the same values): on a [rows, vocab] tensor the out-of-place version
-    allocates a new tensor per operation and took half of a CPU decode step; this takes a sixth."""
+    """A 32-bit integer mixer on int64 tensors holding values in [0, 2^32) (no overflow), in place:
+    on a [rows, vocab] tensor an out-of-place version allocates a tensor per operation and took
+    half of a CPU decode step; this takes a sixth. Callers pass a tensor of their own."""
     import torch
 
     tmp = torch.empty_like(x)
@@ -139,8 +133,8 @@ def gumbel_noise(row_keys, step: int, vocab: int):
     s = _hash32(a ^ _hash32(b))
     s = _hash32((s + (step + 1) * 0x2545F491) & M32)  # per-step stream
     v = torch.arange(vocab, dtype=torch.int64, device=row_keys.device)
-    bits = _hash32_(s[:, None] ^ ((v * 0x27D4EB2D) & M32)[None, :])
-    bits = _hash32_(bits.add_(s[:, None]).bitwise_and_(M32))
+    bits = _hash32(s[:, None] ^ ((v * 0x27D4EB2D) & M32)[None, :])
+    bits = _hash32(bits.add_(s[:, None]).bitwise_and_(M32))
     u = bits.double().add_(0.5).div_(4294967296.0)
     return u.log_().neg_().log_().neg_()  # -log(-log(u)), in place
 

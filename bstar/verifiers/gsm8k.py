@@ -1,16 +1,16 @@
 """GSM8K verifier: numeric comparison of the model's final answer with the gold `#### N`.
 
-The model's answer is read from the last explicit answer it wrote, in any of the forms real
-models use (whichever comes last in the response wins):
+The model's answer is read from the last explicit answer it wrote that carries a number, in
+any of the forms real models use:
 - `# Answer` (the paper's and our chat instruction's format) or `#### N` (GSM8K's own): the
   first number after the marker;
 - `\\boxed{N}` (math-tuned models; `\\frac{a}{b}` inside reads as a/b);
 - "The answer is N", "Answer: N", "the final answer is $N$" (instruct models' prose; "the answer
   is 4 + 2 = 6" states 6).
 A marker with no number after it (a model quoting the instruction back: "the line '# Answer' is
-the final answer") does not count. With no explicit answer, the last number anywhere. Commas, `$`, `%` and a trailing `.`
-are dropped; the numbers are compared exactly as fractions (so `18`, `18.00`, `$18` and `36/2`
-all equal `18`).
+the final answer") does not count. With no explicit answer, the last number anywhere. Commas,
+`$`, `%` and a trailing `.` are dropped; the numbers are compared exactly as fractions (so `18`,
+`18.00`, `$18` and `36/2` all equal `18`).
 
     verify_gsm8k("... so she makes $18.\\n\\n# Answer\\n\\n18", "18")     -> correct
     verify_gsm8k("... The answer is: 18", "18")                          -> correct
