@@ -37,12 +37,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(cc.model_dump_json(indent=2, exclude={"base": {"storage": {"key", "secret"}}}))
         arms = ", ".join(f"{a.name} ({a.method}, {a.reward})" for a in cc.arms)
         print(f"\nok: comparison of {len(cc.arms)} arms x {len(cc.seeds)} seed(s): {arms}", file=sys.stderr)
+        from bstar.config import arm_run_config
+
+        for arm in cc.arms:
+            cfg = arm_run_config(cc, arm, cc.seeds[0], policy="start", prm="prm")
+            gold = "; trains on the gold seed set too (selection.include_gold)" if (
+                cfg.selection.include_gold and cfg.self_generated) else ""
+            print(f"  {arm.name}: {cfg.search_summary()}; n*={cfg.selection.target_per_query:g}{gold}", file=sys.stderr)
         return 0
     cfg = load_config(args.config, overrides=args.set)
 
     preflight(cfg, storage=False)  # paths, data files, verifiers; `bstar run` also tries the storage root
     print(cfg.model_dump_json(indent=2, exclude={"storage": {"key", "secret"}}))
-    print(f"\nok: method={cfg.method} mode={cfg.training_mode} n*={cfg.selection.n_star}", file=sys.stderr)
+    from bstar.tasks.training import training_summary
+
+    sel = cfg.selection
+    how = "selection.n_star" if sel.n_star is not None else (
+        f"N/M = {sel.n_target}/{sel.queries_per_round}" + ("" if sel.n_star_rounding == "none" else f", {sel.n_star_rounding}"))
+    print(f"\nok: method={cfg.method} mode={cfg.training_mode} n*={sel.target_per_query:g} ({how})", file=sys.stderr)
+    print(f"search: {cfg.search_summary()}", file=sys.stderr)
+    print(f"training: {training_summary(cfg)}", file=sys.stderr)
     print(f"model: {_model_summary(cfg.model)}", file=sys.stderr)
     return 0
 
@@ -224,14 +238,17 @@ def print_comparison(result: dict) -> None:
             continue
         gain = "" if row["arm"] == "start" else f"   {row['gain'] * 100:+.1f} points over the warm-up"
         print(f"greedy Pass@1 {row['split']:<14} {row['arm']:<18} {row['Pass@1'] * 100:5.1f}% (SE {row['Pass@1 se'] * 100:.1f}){gain}")
-    traj = [t for t in result["trajectories"] if t.get("temperature") is not None]
-    if traj:
-        t2 = Table(title="configuration chosen each round")
-        for col in ("arm", "round", "temperature", "threshold", "balance score", "Pass@1"):
-            t2.add_column(col, justify="right")
-        for t in traj:
-            bs = "—" if t["balance_score"] is None else f"{t['balance_score']:.4f}"
-            t2.add_row(t["arm"], str(t["iteration"]), f"{t['temperature']:.2f}", f"{t['threshold']:.2f}", bs, f"{t['Pass@1']:.3f}")
+    if result.get("rounds"):
+        from bstar.reports.compare import per_round_rows
+
+        header, rows = per_round_rows(pl.DataFrame(result["rounds"]))
+        keep = [i for i, col in enumerate(header) if any(r[i] != "—" for r in rows)]
+        t2 = Table(title=f"every arm per round  (percent; K={result['k']}, S={result['s']}; balance: the round's "
+                         "configuration on its own training candidates; search balance: B-STaR's estimate)")
+        for i in keep:
+            t2.add_column(header[i], justify="left" if header[i] in ("arm", "split") else "right")
+        for r in rows:
+            t2.add_row(*[r[i] for i in keep])
         console.print(t2)
 
 

@@ -152,12 +152,24 @@ class SamplingConfig(Strict):
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
 
 
+def _paper_temperatures() -> list[float]:
+    return _expand_grid({"start": 0.5, "stop": 1.2, "step": 0.1})
+
+
+def _paper_thresholds() -> list[float]:
+    return _expand_grid({"start": -1.0, "stop": 1.0, "step": 0.1})
+
+
 class SearchConfig(Strict):
-    """B-STaR's per-round configuration search over temperature × threshold (DESIGN.md §1.1)."""
+    """B-STaR's per-round configuration search over temperature × threshold (DESIGN.md §1.1).
+    Defaults are the paper's main grids (§4.1): temperatures 0.5-1.2 by 0.1, reward thresholds
+    -1.0-1.0 by 0.1, on a fixed subset of 600 training queries. `method: bstar` searches both;
+    `bstar-temperature` pins the threshold at `reward.threshold`, `bstar-threshold` pins the
+    temperature at `sampling.temperature` (the paper's ablations)."""
 
     queries: PositiveInt = 600
-    temperatures: list[Temperature] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 1.1], min_length=1)
-    thresholds: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    temperatures: list[Temperature] = Field(default_factory=_paper_temperatures, min_length=1)
+    thresholds: list[float] = Field(default_factory=_paper_thresholds, min_length=1)
 
     @field_validator("temperatures", "thresholds", mode="before")
     @classmethod
@@ -259,19 +271,29 @@ class RewardConfig(Strict):
 
 
 class SelectionConfig(Strict):
-    """N = target selected samples per round, M = queries per round; n* = ceil(N / M).
-    `include_gold` adds the warm-up's gold solutions to every round's training data."""
+    """N = target selected samples per round, M = queries per round; n* = N / M, the paper's
+    target of distinct correct responses per query in the balance score (§3.1). `n_star` sets n*
+    directly (any positive number); `n_star_rounding: ceil | floor` rounds N / M to a whole number
+    (a deviation from the paper). `include_gold` adds the warm-up's gold solutions to every
+    round's training data (RFT's recipe, not the paper's: B-STaR trains on self-generated data)."""
 
     n_target: PositiveInt = 6000
     queries_per_round: PositiveInt = 1000
+    n_star: Annotated[float, Field(gt=0)] | None = None
+    n_star_rounding: Literal["none", "ceil", "floor"] = "none"
     max_per_query: PositiveInt | None = None
     # RFT's recipe (Yuan et al., 2023): train each round on the warm-up's gold solutions plus
     # the selected samples, so a round adds self-generated data instead of replacing the seed set
     include_gold: bool = False
 
     @property
-    def n_star(self) -> int:
-        return math.ceil(self.n_target / self.queries_per_round)
+    def target_per_query(self) -> float:
+        """n* as the balance score uses it: `n_star` if set, else N / M (rounded if asked)."""
+        from bstar.algorithms.balance import n_star
+
+        if self.n_star is not None:
+            return float(self.n_star)
+        return n_star(self.n_target, self.queries_per_round, self.n_star_rounding)
 
 
 class WarmupConfig(Strict):
@@ -372,6 +394,32 @@ class RunConfig(Strict):
     @property
     def searches_threshold(self) -> bool:
         return self.method in ("bstar", "bstar-threshold")
+
+    def search_plan(self) -> dict:
+        """The grid this method searches each round; `fixed` holds the knob(s) it does not search
+        (pinned at `sampling.temperature` / `reward.threshold`)."""
+        temps = self.search.temperatures if self.searches_temperature else [self.sampling.temperature]
+        thresholds = self.search.thresholds if self.searches_threshold else [self.reward.threshold]
+        fixed = {}
+        if not self.searches_temperature:
+            fixed["temperature"] = self.sampling.temperature
+        if not self.searches_threshold:
+            fixed["threshold"] = self.reward.threshold
+        return {"temperatures": temps, "thresholds": thresholds, "fixed": fixed}
+
+    def search_summary(self) -> str:
+        """Which knobs the rounds search, over how many cells (for `bstar check` and artifacts)."""
+        plan = self.search_plan()
+        nt, nr = len(plan["temperatures"]), len(plan["thresholds"])
+        if not self.self_generated:
+            return "no search (sft trains on gold solutions)"
+        if nt * nr == 1:
+            return f"no search: temperature {plan['temperatures'][0]:g}, threshold {plan['thresholds'][0]:g} fixed"
+        parts = [f"temperature ({nt} values {min(plan['temperatures']):g}..{max(plan['temperatures']):g})"
+                 if nt > 1 else f"temperature fixed at {plan['temperatures'][0]:g}",
+                 f"threshold ({nr} values {min(plan['thresholds']):g}..{max(plan['thresholds']):g})"
+                 if nr > 1 else f"threshold fixed at {plan['thresholds'][0]:g}"]
+        return f"searches {' x '.join(p for p in parts)}: {nt * nr} cells on {self.search.queries} queries"
 
     @property
     def self_generated(self) -> bool:

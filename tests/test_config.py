@@ -18,9 +18,16 @@ def test_defaults_are_valid_and_derive_mode_and_n_star():
     assert cfg.method == "bstar" and cfg.training_mode == "online"
     assert parse_config({"method": "rest-em"}).training_mode == "restart"
     assert parse_config({"method": "iterative-rft"}).training_mode == "iterative"
-    # paper: N = 67,500, M = 11,500 -> n* = 6
+    # paper: N = 67,500, M = 11,500 -> n* = N / M = 5.87 (§3.1), not rounded
     paper = parse_config({"selection": {"n_target": 67500, "queries_per_round": 11500}})
-    assert paper.selection.n_star == 6 == math.ceil(67500 / 11500)
+    assert paper.selection.target_per_query == 67500 / 11500
+    rounded = parse_config({"selection": {"n_target": 67500, "queries_per_round": 11500, "n_star_rounding": "ceil"}})
+    assert rounded.selection.target_per_query == 6 == math.ceil(67500 / 11500)
+    assert parse_config({"selection": {"n_star": 2.5}}).selection.target_per_query == 2.5
+    with pytest.raises(ConfigError, match="selection.n_star"):
+        parse_config({"selection": {"n_star": 0}})
+    with pytest.raises(ConfigError, match="selection.n_star_rounding"):
+        parse_config({"selection": {"n_star_rounding": "round"}})
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ __all__ = [
     "choose_config",
     "mark_chosen",
     "n_star",
+    "N_STAR_ROUNDING",
     "response_key",
     "threshold_grid",
 ]
@@ -78,13 +79,23 @@ def response_key(column: str = "response") -> pl.Expr:
     return pl.col(column).str.strip_chars()
 
 
-def n_star(N: int, M: int) -> int:
-    """Target distinct correct responses per query: ``ceil(N / M)`` (paper: 67,500 / 11,500 -> 6)."""
+N_STAR_ROUNDING = ("none", "ceil", "floor")
+
+
+def n_star(N: float, M: float, rounding: str = "none") -> float:
+    """Target distinct correct responses per query: ``N / M`` as the paper writes it (§3.1, "we
+    simply decide n* = N/M"; 67,500 / 11,500 = 5.87). ``rounding="ceil"`` or ``"floor"`` rounds it
+    to a whole number of responses, at least 1 (a deviation from the paper, named as such in the
+    config)."""
     if N <= 0 or M <= 0:
         raise ValueError(f"n_star needs N > 0 and M > 0, got N={N}, M={M}")
-    if isinstance(N, int) and isinstance(M, int):
-        return -(-N // M)  # exact integer ceil, no float rounding for huge N
-    return math.ceil(N / M)
+    if rounding not in N_STAR_ROUNDING:
+        raise ValueError(f"n_star rounding must be one of {N_STAR_ROUNDING}, got {rounding!r}")
+    if rounding == "none":
+        return N / M
+    if isinstance(N, int) and isinstance(M, int):  # exact integer arithmetic, no float rounding for huge N
+        return float(-(-N // M) if rounding == "ceil" else N // M) or 1.0
+    return float(max(1, (math.ceil if rounding == "ceil" else math.floor)(N / M)))
 
 
 def threshold_grid(start: float, stop: float, step: float, decimals: int = 6) -> np.ndarray:
@@ -126,7 +137,7 @@ def _passed(rewards: np.ndarray, thr: np.ndarray) -> np.ndarray:
 def balance_grid(
     scored: pl.DataFrame,
     thresholds: Sequence[float] | np.ndarray,
-    n_star: int,
+    n_star: float,
 ) -> pl.DataFrame:
     """Balance score of every (temperature, threshold) cell.
 

@@ -15,22 +15,10 @@ from bstar.tasks.scoring import score_candidates
 from bstar.tasks.selection import search_config
 
 
-def search_plan(cfg) -> dict:
-    """Grid to search for this method; `fixed` pins what the method does not search."""
-    temps = cfg.search.temperatures if cfg.searches_temperature else [cfg.sampling.temperature]
-    thresholds = cfg.search.thresholds if cfg.searches_threshold else [cfg.reward.threshold]
-    fixed = {}
-    if not cfg.searches_temperature:
-        fixed["temperature"] = cfg.sampling.temperature
-    if not cfg.searches_threshold:
-        fixed["threshold"] = cfg.reward.threshold
-    return {"temperatures": temps, "thresholds": thresholds, "fixed": fixed}
-
-
 @flow(name="bstar-search", flow_run_name="{run_id}-search-{iteration}")
 def configuration_search(run_id: str, iteration: int, policy: str, scorer: str, cfg_json: str) -> dict:
     cfg = load_cfg(cfg_json)
-    plan = search_plan(cfg)
+    plan = cfg.search_plan()
     if len(plan["temperatures"]) * len(plan["thresholds"]) == 1:
         return {"temperature": plan["temperatures"][0], "threshold": plan["thresholds"][0], "balance_score": None}
     sample_candidates(run_id, iteration, "search", "search", policy, plan["temperatures"], cfg.sampling.k, cfg_json)

@@ -26,6 +26,12 @@ Formats a PRM checkpoint can have (`read_prm_spec` decides; anything else is a c
   when asked for explicitly (`format="math-shepherd"`).
 
 Scoring is batched (length-sorted, right-padded), runs on CPU or GPU, and shows a progress bar.
+
+Inputs longer than the model's `max_position_embeddings` are cut from the left (the step-end
+tokens are at the end). A step whose step-end token was cut off gets no score: it is left out of
+`step_scores` and of the aggregate (never read at a meaningless position), and counted in
+`PRMResult.n_truncated`; `step_scores` then holds the scores of the *last* steps only. The last
+step is always scored (tokens after its end are dropped before cutting, and `max_length` >= 1).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 PRM_CONFIG = "prm_config.json"
 HEAD_FILE = "prm_head.safetensors"
@@ -195,9 +201,18 @@ def read_prm_spec(path: str | Path, format: str = "auto") -> PRMSpec:
 
 @dataclass(frozen=True)
 class PRMResult:
+    """One response's PRM score.
+
+    `n_steps` counts the steps of the response; `step_scores` holds one score per *scored* step.
+    When the input was left-truncated, the first `n_truncated` steps lost their step-end token and
+    are not scored: `step_scores` are then the scores of the last `n_steps - n_truncated` steps
+    (step i of the response is `step_scores[i - n_truncated]`), and `prm` aggregates those only.
+    """
+
     step_scores: list[float]  # raw per-step outputs (probabilities, or logits when score == "logit")
-    prm: float  # aggregate mapped to [-1, 1]
-    n_steps: int
+    prm: float  # aggregate of step_scores mapped to [-1, 1]
+    n_steps: int  # steps in the response, scored or not
+    n_truncated: int = 0  # leading steps cut off by left truncation (not in step_scores)
 
 
 def load_head(path: str | Path, device="cpu"):
@@ -211,13 +226,26 @@ def load_head(path: str | Path, device="cpu"):
     return head.to(device)
 
 
-def step_inputs(tokenizer, spec: PRMSpec, prompt: str, steps: list[str], max_length: int | None = None):
-    """(input ids, positions of the step-end tokens) for one response, one position per step.
+class StepInputs(NamedTuple):
+    """What `step_inputs` builds for one response."""
+
+    ids: list[int]  # input ids, at most max_length of them
+    positions: list[int]  # step-end positions in `ids` of the scored steps: the last len(positions) steps
+    truncated: int  # leading steps whose step-end token was cut off by left truncation (no position)
+
+
+def step_inputs(tokenizer, spec: PRMSpec, prompt: str, steps: list[str], max_length: int | None = None) -> StepInputs:
+    """(input ids, positions of the step-end tokens, number of cut steps) for one response.
 
     bstar-scalar: token level, `prompt` ids (BOS added) then per step its ids (the delimiter in
     front of every step but the first) and the step token. Math-Shepherd: the model's own string
     format, falling back to token level if the tag does not come out as one token per step.
-    Left-truncates to `max_length` (the step positions are at the end).
+
+    Without truncation there is one position per step. An input longer than `max_length` is first
+    cut after the last step-end token (later tokens cannot change any step's score in a causal LM),
+    then from the left: steps whose step-end token falls in the cut-off part get no position and
+    are counted in `truncated`; they are always the first ones, and the last step always survives.
+    `max_length` None: no limit; it must otherwise be >= 1.
     """
     from bstar.models.loading import encode_prompts
 
@@ -246,11 +274,18 @@ def step_inputs(tokenizer, spec: PRMSpec, prompt: str, steps: list[str], max_len
                 ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
             pos.append(len(ids))
             ids.append(step_id)
-    if max_length and len(ids) > max_length:
-        cut = len(ids) - max_length
-        ids = ids[cut:]
-        pos = [max(0, p - cut) for p in pos]
-    return ids, pos
+    truncated = 0
+    if max_length is not None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (or None for no limit), got {max_length}")
+        if len(ids) > max_length and pos:
+            ids = ids[: pos[-1] + 1]
+        if len(ids) > max_length:
+            cut = len(ids) - max_length
+            ids = ids[cut:]
+            kept = [p - cut for p in pos if p >= cut]  # a cut step-end token: no score, never position 0
+            truncated, pos = len(pos) - len(kept), kept
+    return StepInputs(list(ids), pos, truncated)
 
 
 def _single_token_id(tokenizer, text: str) -> int:
@@ -346,9 +381,15 @@ class PRMScorer:
         steps: Sequence[list[str]] | None = None,
         delimiter: str | Sequence[str] | None = None,
         progress: bool = True,
-    ) -> list[list[float]]:
+        return_truncated: bool = False,
+    ) -> list[list[float]] | tuple[list[list[float]], list[int]]:
         """Raw per-step scores. Give `responses` (split with `delimiter`, else the checkpoint's,
-        else a blank line; one delimiter or one per response) or already split `steps`."""
+        else a blank line; one delimiter or one per response) or already split `steps`.
+
+        A response whose input is longer than `self.max_length` is left-truncated: its first
+        steps, whose step-end token was cut off, get no score, and its list holds the scores of its
+        last len(list) steps only. `return_truncated=True` returns `(scores, truncated)`, where
+        `truncated[i]` is how many leading steps of response i were left out (0 when none)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -362,31 +403,33 @@ class PRMScorer:
         for p, st, d in zip(prompts, steps, delims_used):
             spec = self.spec if d is None or d == self.spec.step_delimiter else replace(self.spec, step_delimiter=d)
             items.append(step_inputs(self.tokenizer, spec, p, list(st) or [""], self.max_length))
-        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
         out: list[list[float] | None] = [None] * len(items)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         bar = tqdm(total=len(items), desc="prm score", dynamic_ncols=True, disable=not progress)
         with torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]
-                n = max(len(items[i][0]) for i in idx)
+                n = max(len(items[i].ids) for i in idx)
                 ids = torch.full((len(idx), n), pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), n), dtype=torch.long)
                 for r, i in enumerate(idx):
-                    x = items[i][0]
+                    x = items[i].ids
                     ids[r, : len(x)] = torch.tensor(x)
                     mask[r, : len(x)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
-                rows = torch.cat([torch.full((len(items[i][1]),), r, dtype=torch.long) for r, i in enumerate(idx)])
-                cols = torch.cat([torch.tensor(items[i][1], dtype=torch.long) for i in idx])
+                rows = torch.cat([torch.full((len(items[i].positions),), r, dtype=torch.long) for r, i in enumerate(idx)])
+                cols = torch.cat([torch.tensor(items[i].positions, dtype=torch.long) for i in idx])
                 values = self._values_at(ids, mask, rows.to(self.device), cols.to(self.device)).float().cpu().tolist()
                 k = 0
                 for i in idx:
-                    m = len(items[i][1])
+                    m = len(items[i].positions)
                     out[i] = values[k : k + m]
                     k += m
                 bar.update(len(idx))
         bar.close()
+        if return_truncated:
+            return out, [it.truncated for it in items]  # type: ignore[return-value]
         return out  # type: ignore[return-value]
 
     def _values_at(self, ids, mask, rows, cols):
@@ -404,10 +447,13 @@ class PRMScorer:
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], *, delimiter=None,
               progress: bool = True) -> list[PRMResult]:
-        """Per response: raw step scores, and the aggregate mapped to [-1, 1]."""
-        per_step = self.step_scores(prompts, responses, delimiter=delimiter, progress=progress)
+        """Per response: raw step scores, and the aggregate mapped to [-1, 1]. Steps cut off by
+        left truncation are left out of both and counted in `PRMResult.n_truncated`."""
+        per_step, cut = self.step_scores(prompts, responses, delimiter=delimiter, progress=progress,
+                                         return_truncated=True)
         return [
-            PRMResult(s, to_unit(aggregate(s, self.aggregation), self.score_kind, self.scale), len(s)) for s in per_step
+            PRMResult(s, to_unit(aggregate(s, self.aggregation), self.score_kind, self.scale), len(s) + c, c)
+            for s, c in zip(per_step, cut)
         ]
 
 

@@ -12,6 +12,11 @@ this module (training continues from it). The output directory is an HF model di
 `prm_head.safetensors` and `prm_config.json` (format, delimiter, step token and its id,
 training provenance), readable by `bstar.models.prm.load_prm`.
 
+Examples longer than the backbone's `max_position_embeddings` are cut from the left
+(`bstar.models.prm.step_inputs`): the labels of the first steps, whose step-end token was cut off,
+are dropped (never trained at a meaningless position), counted in `PRMTrainInfo.truncated_labels`
+and logged.
+
 Loss: BCE summed over the step labels of the global batch (`batch_size` examples) and divided by
 their number. Multi-process: `num_processes > 1` re-launches this module through `accelerate
 launch` (`bstar.models.launch`; DDP over gloo on CPU, NCCL on GPUs). Backbone and head are one
@@ -45,6 +50,7 @@ class PRMTrainInfo:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     num_processes: int = 1
+    truncated_labels: int = 0  # labels dropped: their step-end token was cut off by left truncation
 
 
 def _check_examples(examples) -> list[dict]:
@@ -188,10 +194,16 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
     model, tok, head, spec = build_prm_backbone(str(init), device=dev)
     spec.step_delimiter = step_delimiter
     max_len = getattr(model.config, "max_position_embeddings", None)
-    encoded = []
+    encoded, n_cut, n_cut_examples = [], 0, 0
     for ex in data:
-        ids, pos = step_inputs(tok, spec, ex["prompt"], ex["steps"], max_len)
-        encoded.append((ids, pos, ex["labels"]))
+        ids, pos, cut = step_inputs(tok, spec, ex["prompt"], ex["steps"], max_len)
+        # left truncation cuts the first steps: their labels go, the rest stay aligned with `pos`
+        encoded.append((ids, pos, ex["labels"][cut:]))
+        n_cut += cut
+        n_cut_examples += bool(cut)
+    if n_cut and main_process:
+        log.warning("PRM training: %d step labels of %d examples dropped, their step-end token cut off by "
+                    "left truncation to max_position_embeddings=%s", n_cut, n_cut_examples, max_len)
     n_labels = sum(len(e[2]) for e in encoded)
     pos_rate = sum(sum(e[2]) for e in encoded) / max(1, n_labels)
 
@@ -255,6 +267,7 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
         "num_processes": world,
         "examples": len(encoded),
         "step_labels": n_labels,
+        "truncated_step_labels": n_cut,
         "positive_rate": round(pos_rate, 4),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5),
     }
@@ -265,7 +278,7 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
     if acc is not None:
         acc.wait_for_everyone()
     info = PRMTrainInfo(str(out), max_steps, len(encoded), n_labels, pos_rate, losses, round(time.time() - t0, 2),
-                        world)
+                        world, truncated_labels=n_cut)
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"PRM training diverged (non-finite loss); see {out}")
     return info

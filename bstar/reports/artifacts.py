@@ -57,6 +57,7 @@ def report_markdown(data, run_id: str, dpi: int = _ARTIFACT_DPI) -> str:
     for fam in ("pass@k-s", "reward@k-s"):
         lines += _md_img(plots.k_s_plot(data.metrics, ids, fam, dpi=dpi), plots.PLOT_TITLES[fam])
     lines += _md_img(plots.diversity_plot(data.metrics, ids, dpi=dpi), plots.PLOT_TITLES["diversity"])
+    lines += _md_img(plots.balance_plot(data.metrics, ids, dpi=dpi), plots.PLOT_TITLES["balance"])
     chosen = data.search.filter(pl.col("chosen")).sort("iteration")
     if not chosen.is_empty():
         lines += ["### Chosen temperature and threshold per round", "", "| round | temperature | threshold | balance score |", "|---|---|---|---|"]

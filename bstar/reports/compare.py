@@ -4,12 +4,16 @@ Pure polars, no Prefect: `comparison_table(metrics, arms, start_run)` gives one 
 split) with the last round's greedy Pass@1, Pass@K, Pass@K-S and Reward@K-S, each with its 95%
 interval (value ± 1.96 standard errors over test queries; with several seeds, the mean over
 seeds with the standard errors combined), and the gain over the shared start. `trajectories`
-gives B-STaR's chosen temperature, threshold and balance score per round (Table 2's shape).
+gives B-STaR's chosen temperature, threshold and balance score per round (Table 2's shape);
+`per_round` every arm's monitoring per round (Pass@1, Pass@K, Pass@K-S, Reward@K-S, diversity,
+balance score).
 
     from bstar.reports.compare import comparison_table, format_table
 """
 
 from __future__ import annotations
+
+import re
 
 import polars as pl
 
@@ -98,6 +102,65 @@ def trajectories(search: pl.DataFrame, metrics: pl.DataFrame, arms: list[dict]) 
     )
 
 
+# the per-round monitoring table: (column, metric name, split kind, which K, which S)
+ROUND_COLUMNS = (
+    ("Pass@1", "greedy_pass@1", "test", None, None),
+    ("Pass@K", "pass@k", "test", "K", None),
+    ("Pass@K-S", "pass@k-s", "test", "K", "S"),
+    ("Reward@K-S", "reward@k-s", "test", "K", "S"),
+    ("diversity", "diversity", "test", None, None),
+    ("balance", "balance_score", "train", None, None),
+    ("search balance", "search_balance_score", "train", None, None),
+    ("selected", "selected", "train", None, None),
+)
+
+
+def per_round(metrics: pl.DataFrame, search: pl.DataFrame, arms: list[dict], k: int, s: int) -> pl.DataFrame:
+    """Every arm's monitoring per round (the paper's exploration / exploitation curves as a table):
+    one row per (arm, run, round, test split) with greedy Pass@1, Pass@K, Pass@K-S, Reward@K-S,
+    diversity, the balance score of the round's configuration on its own training candidates,
+    B-STaR's search estimate, the selected count, and the chosen temperature and threshold."""
+    runs = pl.DataFrame([{"arm": a["label"], "run_id": r} for a in arms for r in a["run_ids"]],
+                        schema={"arm": pl.String, "run_id": pl.String})
+    m = metrics.join(runs, on="run_id")
+    test_splits = m.filter(pl.col("split") != "train").select("run_id", "iteration", "split").unique()
+    out = runs.join(test_splits, on="run_id")
+    for title, name, kind, kk, ss in ROUND_COLUMNS:
+        f = m.filter((pl.col("name") == name) & ((pl.col("split") == "train") == (kind == "train")))
+        if kk:
+            f = f.filter(pl.col("k") == k)
+        if ss:
+            f = f.filter(pl.col("s") == s)
+        keys = ["run_id", "iteration"] if kind == "train" else ["run_id", "iteration", "split"]
+        out = out.join(f.select(*keys, pl.col("value").alias(title)), on=keys, how="left")
+    chosen = search.filter(pl.col("chosen")).select("run_id", "iteration", "temperature", "threshold")
+    order = {a["label"]: i for i, a in enumerate(arms)}
+    return (
+        out.join(chosen, on=["run_id", "iteration"], how="left")
+        .with_columns(pl.col("arm").replace_strict(order, default=len(order)).alias("_order"))
+        .sort("_order", "run_id", "split", "iteration")
+        .drop("_order")
+    )
+
+
+def per_round_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The per-round table as strings (percent for the rates, 4 digits for balance scores)."""
+    header = ["arm", "seed", "round", "split", *[c for c, *_ in ROUND_COLUMNS], "t", "τ"]
+    rows = []
+    for r in frame.iter_rows(named=True):
+        seed = re.search(r"-seed(\d+)$", r["run_id"])  # CompareConfig.run_id's suffix with several seeds
+        def pct(c):
+            return "—" if r.get(c) is None else f"{r[c] * 100:.1f}"
+
+        def num(c, spec):
+            return "—" if r.get(c) is None else format(r[c], spec)
+
+        rows.append([r["arm"], seed.group(1) if seed else "—", str(r["iteration"]), r["split"], pct("Pass@1"), pct("Pass@K"), pct("Pass@K-S"),
+                     pct("Reward@K-S"), num("diversity", ".3f"), num("balance", ".4f"), num("search balance", ".4f"),
+                     num("selected", ".0f"), num("temperature", ".2f"), num("threshold", ".2f")])
+    return header, rows
+
+
 def interval(value: float | None, se: float | None) -> str:
     """`61.2 ±3.0`: the value in percent and the half-width of its 95% interval."""
     if value is None:
@@ -123,7 +186,7 @@ def format_rows(table: pl.DataFrame) -> list[list[str]]:
 HEADER = ["arm", "method", "reward", "split", "rounds", *[t for t, *_ in COLUMNS], "Pass@1 gain"]
 
 
-def markdown(table: pl.DataFrame, traj: pl.DataFrame, k: int, s: int) -> str:
+def markdown(table: pl.DataFrame, traj: pl.DataFrame, k: int, s: int, rounds: pl.DataFrame | None = None) -> str:
     lines = [f"Percent; ± is the half-width of the 95% interval over test queries. K = {k}, S = {s}.", "", "| " + " | ".join(HEADER) + " |",
              "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in format_rows(table)]
@@ -132,4 +195,10 @@ def markdown(table: pl.DataFrame, traj: pl.DataFrame, k: int, s: int) -> str:
         for r in traj.filter(pl.col("temperature").is_not_null()).iter_rows(named=True):
             bs = "—" if r["balance_score"] is None else f"{r['balance_score']:.4f}"
             lines.append(f"| {r['arm']} | {r['iteration']} | {r['temperature']:.2f} | {r['threshold']:.2f} | {bs} | {r['Pass@1']:.3f} |")
+    if rounds is not None and rounds.height:
+        header, rows = per_round_rows(rounds)
+        lines += ["", f"Every arm per round (percent; K = {k}, S = {s}; balance: of the round's configuration on its "
+                      "own training candidates; search balance: B-STaR's estimate on the search subset):", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

@@ -172,6 +172,25 @@ def _diversity_section(d: ReportData) -> str:
     return "\n".join(parts + ["</section>"])
 
 
+def _balance_section(d: ReportData) -> str:
+    parts = ['<section id="balance"><h2>Balance score per round</h2>']
+    png = plots.balance_plot(d.metrics, d.run_ids)
+    if png is None:
+        parts.append(_empty("No balance score (no round trained on self-generated samples)."))
+        return "\n".join(parts + ["</section>"])
+    parts.append("<p>The balance score of the configuration each round used, on that round's own training "
+                 "candidates (every method), and B-STaR's search estimate of it.</p>")
+    parts.append(f'<div class="plots">{img_tag(png, plots.PLOT_TITLES["balance"], "balance")}</div>')
+    b = d.metrics.filter(pl.col("name").is_in(["balance_score", "search_balance_score", "selected"]))
+    vals = {(r["run_id"], r["iteration"], r["name"]): r["value"] for r in b.iter_rows(named=True)}
+    keys = sorted({(r, i) for r, i, _ in vals}, key=lambda x: (d.run_ids.index(x[0]) if x[0] in d.run_ids else 0, x[1]))
+    rows = [[run, it, fmt(vals.get((run, it, "balance_score"))), fmt(vals.get((run, it, "search_balance_score"))),
+             "—" if vals.get((run, it, "selected")) is None else f"{vals[(run, it, 'selected')]:.0f}"] for run, it in keys]
+    parts.append(_table(["run", "round", "balance score (round)", "balance score (search)", "selected samples"],
+                        rows, "balance-table"))
+    return "\n".join(parts + ["</section>"])
+
+
 def _top_cells_table(g: pl.DataFrame, n: int) -> str:
     """Large grids: the ``n`` best cells (and the chosen one) instead of the whole pivot."""
     top = g.sort(["balance_score", "temperature", "threshold"], descending=[True, False, True]).head(n)
@@ -318,6 +337,7 @@ def render_page(d: ReportData, generated_at: _dt.datetime | None = None) -> str:
         _pass1_section(d),
         _sampled_section(d),
         _diversity_section(d),
+        _balance_section(d),
         _search_section(d),
         _selection_section(d),
         _examples_section(d),

@@ -20,6 +20,7 @@ __all__ = [
     "pass_at_1_plot",
     "k_s_plot",
     "diversity_plot",
+    "balance_plot",
     "chosen_config_plot",
     "balance_heatmap",
     "selected_histogram",
@@ -31,6 +32,7 @@ PLOT_TITLES = {
     "pass@k-s": "Pass@K-S per round",
     "reward@k-s": "Reward@K-S per round",
     "diversity": "Diversity of correct responses per round",
+    "balance": "Balance score of each round's configuration",
     "chosen": "Chosen configuration per round",
     "heatmap": "Balance score over the (temperature, threshold) grid",
     "histogram": "Selected samples per query",
@@ -95,6 +97,16 @@ def _figure_legend(fig, ax) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=6)
 
 
+def _per_round_png(ax, title: str, ylabel: str, dpi: int) -> bytes:
+    """Title, labels, integer round axis, grid and legend of a metric-per-round plot; its PNG."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _integer_x(ax)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _png(ax.figure, dpi)
+
+
 def pass_at_1_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) -> bytes | None:
     """Greedy Pass@1 against the round, one line per (run, test split), ±1 standard error."""
     p1 = metrics.filter(pl.col("name") == "greedy_pass@1")
@@ -124,12 +136,7 @@ def pass_at_1_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) ->
                 capsize=3,
                 label=label,
             )
-    ax.set_title(PLOT_TITLES["pass1"])
-    ax.set_ylabel("Pass@1 (greedy)")
-    _integer_x(ax)
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return _png(fig, dpi)
+    return _per_round_png(ax, PLOT_TITLES["pass1"], "Pass@1 (greedy)", dpi)
 
 
 def k_s_plot(metrics: pl.DataFrame, run_ids: list[str], family: str, dpi: int = 100) -> bytes | None:
@@ -159,12 +166,7 @@ def k_s_plot(metrics: pl.DataFrame, run_ids: list[str], family: str, dpi: int = 
                 marker=_MARKERS[j % len(_MARKERS)],
                 label=label,
             )
-    ax.set_title(PLOT_TITLES[family])
-    ax.set_ylabel(f"{short}@K-S")
-    _integer_x(ax)
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return _png(fig, dpi)
+    return _per_round_png(ax, PLOT_TITLES[family], f"{short}@K-S", dpi)
 
 
 def diversity_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) -> bytes | None:
@@ -189,12 +191,27 @@ def diversity_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) ->
                 marker=_MARKERS[j % len(_MARKERS)],
                 label=run if len(splits) == 1 else f"{run} · {split}",
             )
-    ax.set_title(PLOT_TITLES["diversity"])
-    ax.set_ylabel("unique / all equations")
-    _integer_x(ax)
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return _png(fig, dpi)
+    return _per_round_png(ax, PLOT_TITLES["diversity"], "unique / all equations", dpi)
+
+
+def balance_plot(metrics: pl.DataFrame, run_ids: list[str], dpi: int = 100) -> bytes | None:
+    """The balance score of the configuration each round used, on its own training candidates
+    (solid, every self-training method), and B-STaR's search estimate of it (dashed), against the
+    round: the paper's comparison of B-STaR's and online RFT's balance over training."""
+    d = metrics.filter(pl.col("name").is_in(["balance_score", "search_balance_score"])).sort("iteration")
+    if d.is_empty():
+        return None
+    colors = run_colors(run_ids)
+    fig = _figure(5.8, 3.2)
+    ax = fig.add_subplot()
+    for run in run_ids:
+        for name, style, marker, what in (("balance_score", "-", "o", "round"), ("search_balance_score", "--", "s", "search")):
+            g = d.filter((pl.col("run_id") == run) & (pl.col("name") == name))
+            if g.is_empty():
+                continue
+            ax.plot(g["iteration"].to_list(), g["value"].to_list(), color=colors[run], linestyle=style,
+                    marker=marker, label=f"{run} · {what}")
+    return _per_round_png(ax, PLOT_TITLES["balance"], "balance score", dpi)
 
 
 def chosen_config_plot(search: pl.DataFrame, run_ids: list[str], dpi: int = 100) -> bytes | None:

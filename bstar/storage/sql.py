@@ -139,8 +139,28 @@ def _execute(sql: str, root, storage_options: dict | None, params: dict | None):
 
 def query(sql: str, root: str | os.PathLike = "lake", storage_options: dict | None = None,
           params: dict | None = None) -> pl.DataFrame:
-    """Run a read-only query and return a polars DataFrame."""
-    return pl.from_arrow(_execute(sql, root, storage_options, params))
+    """Run a read-only query and return a polars DataFrame. Repeated column names (`SELECT a.x,
+    b.x`, legal SQL) get DuckDB's own suffixes (`x`, `x_1`): a DataFrame needs unique names."""
+    table = _execute(sql, root, storage_options, params)
+    return pl.from_arrow(table.rename_columns(unique_names(table.column_names)))
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`x, x, y` -> `x, x_1, y` (suffixes never collide with a name already in the list)."""
+    taken, out = set(names), []
+    seen: dict[str, int] = {}
+    for n in names:
+        if n in seen:
+            i = seen[n]
+            while f"{n}_{i}" in taken:
+                i += 1
+            seen[n] = i + 1
+            taken.add(f"{n}_{i}")
+            out.append(f"{n}_{i}")
+        else:
+            seen[n] = 1
+            out.append(n)
+    return out
 
 
 def rows(sql: str, root: str | os.PathLike = "lake", storage_options: dict | None = None,

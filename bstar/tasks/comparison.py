@@ -58,7 +58,7 @@ def compare_table(compare_id: str, start_cfg_json: str, compare_json: str) -> di
     import polars as pl
     from prefect.artifacts import create_markdown_artifact
 
-    from bstar.reports.compare import comparison_table, markdown, trajectories
+    from bstar.reports.compare import comparison_table, markdown, per_round, trajectories
     from bstar.storage.catalog import connect
     from bstar.tasks.common import load_cfg
 
@@ -83,7 +83,8 @@ def compare_table(compare_id: str, start_cfg_json: str, compare_json: str) -> di
     k, s = table_k_s(cfg)
     table = comparison_table(metrics, arms, f"{compare_id}-start", k, s)
     traj = trajectories(search, metrics, arms)
-    text = markdown(table, traj, k, s)
+    rounds = per_round(metrics, search, arms, k, s)
+    text = markdown(table, traj, k, s, rounds)
     create_markdown_artifact(
         key=f"compare-{compare_id}".lower().replace("_", "-")[:100], markdown=f"# Comparison {compare_id}\n\n{text}",
         description=f"bstar compare {compare_id}",
@@ -92,6 +93,7 @@ def compare_table(compare_id: str, start_cfg_json: str, compare_json: str) -> di
     return {
         "table": json.loads(table.write_json()) if table.height else [],
         "trajectories": json.loads(traj.write_json()) if traj.height else [],
+        "rounds": json.loads(rounds.write_json()) if rounds.height else [],
         "sampled": sampled,
         "k": k,
         "s": s,

@@ -26,11 +26,15 @@ def _rank(query_ids: pl.Series, salt: str) -> pl.Series:
     )
 
 
+def seeded_sample(query_ids: pl.Series, n: int, salt: str) -> list[str]:
+    """`n` distinct ids in the order of a seeded shuffle (the one `search_subset` uses)."""
+    s = pl.Series("q", sorted(set(query_ids.to_list())))
+    return pl.DataFrame({"q": s, "r": _rank(s, salt)}).sort("r")["q"].head(n).to_list()
+
+
 def search_subset(query_ids: list[str], n: int, seed: int) -> list[str]:
     """The fixed search queries (DESIGN.md §1.1: the same subset every round)."""
-    s = pl.Series("q", sorted(set(query_ids)))
-    order = pl.DataFrame({"q": s, "r": _rank(s, f"search:{seed}")}).sort("r")
-    return order["q"].head(n).to_list()
+    return seeded_sample(pl.Series(query_ids, dtype=pl.String), n, f"search:{seed}")
 
 
 def round_subset(query_ids: list[str], m: int, iteration: int, seed: int) -> list[str]:
@@ -98,9 +102,15 @@ def read_queries(cfg, run_id: str, split: str | None = None) -> pl.DataFrame:
 
 
 def warmup_queries(cfg, run_id: str) -> pl.DataFrame:
-    """The gold seed set: the first `training.warmup.examples` training queries by id (the warm-up
-    trains on their gold solutions; the `sft` control arm keeps training on them)."""
-    return read_queries(cfg, run_id, SPLIT_TRAIN).sort("query_id").head(cfg.training.warmup.examples)
+    """The gold seed set: a seeded random sample of `training.warmup.examples` training queries
+    (the warm-up trains on their gold solutions; the `sft` control arm keeps training on them).
+
+    Seeded by the training data's seed (`data.train.seed`), not by the run's `seed`: the arms of
+    a comparison run with other seeds but share one warm-up, and must name the same seed set. A
+    random sample, not the first N by id: with MATH-style ids the first N are one subject."""
+    train = read_queries(cfg, run_id, SPLIT_TRAIN)
+    ids = seeded_sample(train["query_id"], cfg.training.warmup.examples, f"warmup:{cfg.data.train.seed}")
+    return train.join(pl.DataFrame({"query_id": ids}), on="query_id", how="semi").sort("query_id")
 
 
 def test_splits(lake, run_id: str) -> pl.DataFrame:

@@ -1,11 +1,14 @@
 """Stage: turn a policy's scored test candidates into `metrics` rows.
 
-Greedy Pass@1 per test split (stage `greedy`), sampled metrics from K samples per test query
-(stage `eval`: Pass@k, Pass@K-S, Reward@K-S, diversity), the balance score of the round's chosen
-configuration, and the count of scorer failures kept apart from wrong answers (greedy: `n`,
-`wrong_answers`, `scorer_errors`; sampled: `sampled_n`, `sampled_wrong_answers`,
-`sampled_scorer_errors`, where `n` counts judged items and a scorer failure is neither). Everything is
-recomputed from stored rows, so `bstar rescore` or a new metric can rebuild it later.
+Greedy Pass@1 per test split (stage `greedy`); sampled metrics from K samples per test query
+(stage `eval`: Pass@k, Pass@K-S, Reward@K-S, diversity, and `queries_short_of_k` where a K has
+no metric); the round's monitoring (`round_monitoring`: the balance score of the configuration
+it used, on its own training candidates, for every method, beside B-STaR's search estimate; how
+much was selected; whether it kept its starting policy); and the outcome counts (greedy: `n` test
+queries, `wrong_answers`, `scorer_errors`; sampled: `sampled_n` samples, `sampled_wrong_answers`,
+`sampled_scorer_errors`). Every metric counts a scorer failure as not correct, over all test
+queries; the counts say how many misses were the scorer's. Everything is recomputed from stored
+rows, so `bstar rescore` or a new metric can rebuild it later.
 """
 
 from __future__ import annotations
@@ -26,19 +29,23 @@ def _with_split(lake, run_id: str, iteration: int, stage: str, scorer: str, spli
     from bstar.tasks.selection import scored_frame
 
     scored = scored_frame(lake, run_id, iteration, stage, scorer)
-    # scored_frame reads a scorer failure as not correct (right for selection); here it must stay
-    # unjudged, or greedy Pass@1 and `n` would count the scorer's failures as the policy's
+    # a scorer failure has no verdict (null): the metrics count it as not correct, and the
+    # outcome counts keep it apart from the policy's wrong answers
     correct = pl.when(_FAILED).then(None).otherwise(pl.col("correct")).alias("correct")
     return scored.join(splits, on="query_id", how="inner").with_columns(correct)
 
 
 def greedy_metrics(greedy: pl.DataFrame) -> pl.DataFrame:
-    """Pass@1 (greedy) with its standard error, and scorer-failure counts, per split."""
+    """Greedy Pass@1 with its standard error, and the outcome counts, per split.
+
+    Pass@1 is over every test query: a scorer failure (timeout/error) counts as not correct, as
+    in every published evaluation harness (and as the sampled metrics count it); `n` is the number
+    of test queries and `wrong_answers` + `scorer_errors` say how the misses divide."""
     return (
         greedy.group_by("split")
         .agg(
-            pl.col("correct").cast(pl.Float64).mean().alias("pass@1"),
-            pl.col("correct").count().alias("n"),  # judged items; scorer failures are counted apart
+            pl.col("correct").fill_null(False).cast(pl.Float64).mean().alias("pass@1"),
+            pl.len().cast(pl.Float64).alias("n"),
             _WRONG.sum().cast(pl.Float64).alias("wrong_answers"),
             _FAILED.sum().cast(pl.Float64).alias("scorer_errors"),
         )
@@ -53,8 +60,62 @@ def greedy_metrics(greedy: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _rows(split: str, values: dict[str, float | None]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"split": split, "name": list(values), "k": None, "s": None, "value": list(values.values())},
+        schema={"split": pl.String, "name": pl.String, "k": pl.Int32, "s": pl.Int32, "value": pl.Float64},
+    )
+
+
+def round_monitoring(lake, cfg, run_id: str, iteration: int, scorer: str) -> pl.DataFrame:
+    """The round's exploration / exploitation monitoring as `train` metric rows, for every method.
+
+    * `balance_score`: the balance score (§3.1) of the configuration the round actually used, on
+      the round's own training candidates (all M queries at its temperature, its threshold);
+      `search_balance_score`: B-STaR's estimate of the chosen cell on the search subset;
+    * `selected` (self-generated samples kept), `selected_queries`, `gold_examples` (seed-set
+      solutions trained on beside them), `policy_kept`: 1 when the round had nothing to train on
+      and kept its starting policy (in `restart` mode, the initial one).
+    """
+    from bstar.algorithms import balance_grid
+    from bstar.tasks.selection import scored_frame
+
+    values: dict[str, float | None] = {}
+    threshold = cfg.search_plan()["thresholds"][0]
+    if lake.exists("search", run_id, iteration):
+        chosen = lake.read("search", run_id, iteration).filter("chosen")
+        values["search_balance_score"] = chosen["balance_score"][0]
+        threshold = chosen["threshold"][0]
+    if cfg.self_generated and lake.exists("rewards", run_id, iteration, "train"):
+        train = scored_frame(lake, run_id, iteration, "train", scorer)
+        grid = balance_grid(train, [threshold], cfg.selection.target_per_query)
+        values["balance_score"] = grid["balance_score"].mean()  # one temperature, one threshold
+    if lake.exists("selections", run_id, iteration, "train"):
+        sel = lake.read("selections", run_id, iteration, "train")
+        own = sel.filter(pl.col("sample_idx") >= 0)
+        if cfg.self_generated:  # the sft control selects nothing: it has no `selected` to report
+            values |= {"selected": own.height, "selected_queries": own["query_id"].n_unique()}
+        values |= {"gold_examples": sel.height - own.height, "policy_kept": float(sel.is_empty())}
+    return _rows("train", values)
+
+
+def short_of_k(scored: pl.DataFrame, ks: list[int]) -> pl.DataFrame:
+    """`queries_short_of_k` (k = K): test queries with fewer than K scored samples, per split and K
+    where any is. Pass@K and the K-S metrics of such a K are left out (not averaged over the
+    queries that have K), so this row says why a configured K has no metric."""
+    per_query = scored.group_by("split", "query_id").agg(pl.len().alias("n"))
+    rows = [
+        (split, "queries_short_of_k", k, None, float(short))
+        for k in sorted(set(ks))
+        for split, short in per_query.group_by("split").agg((pl.col("n") < k).sum().alias("short")).sort("split").rows()
+        if short
+    ]
+    return pl.DataFrame(rows, schema={"split": pl.String, "name": pl.String, "k": pl.Int32, "s": pl.Int32,
+                                      "value": pl.Float64}, orient="row")
+
+
 def outcome_counts(scored: pl.DataFrame, prefix: str = "sampled_") -> pl.DataFrame:
-    """Per split: judged samples, wrong answers and scorer failures (timeout/error), as metric rows.
+    """Per split: samples, wrong answers and scorer failures (timeout/error), as metric rows.
 
     Pass@k and friends count a scorer failure as not correct; these rows say how many of the
     misses were the scorer's and not the policy's.
@@ -62,7 +123,7 @@ def outcome_counts(scored: pl.DataFrame, prefix: str = "sampled_") -> pl.DataFra
     return (
         scored.group_by("split")
         .agg(
-            (~_FAILED).sum().cast(pl.Float64).alias(f"{prefix}n"),
+            pl.len().cast(pl.Float64).alias(f"{prefix}n"),  # all samples: the metrics' denominator
             _WRONG.sum().cast(pl.Float64).alias(f"{prefix}wrong_answers"),
             _FAILED.sum().cast(pl.Float64).alias(f"{prefix}scorer_errors"),
         )
@@ -85,20 +146,14 @@ def compute_metrics(run_id: str, iteration: int, scorer: str, sampled: bool, cfg
         scored = _with_split(lake, run_id, iteration, "eval", scorer, splits)
         frames.append(sample_metrics(scored, cfg.eval.ks, cfg.eval.ss).select(METRIC_COLUMNS))
         frames.append(outcome_counts(scored))
+        frames.append(short_of_k(scored, cfg.eval.ks))
         if scorer.endswith("+prm"):
             # Reward@K-S when ranking by the PRM and by the answer alone, side by side.
             from bstar.tasks.prm import compare_rankings
 
             ranked = compare_rankings(lake, cfg, run_id, iteration)
             frames.append(ranked.filter(pl.col("name").str.starts_with("reward@k-s[")).select(METRIC_COLUMNS))
-    if lake.exists("search", run_id, iteration):
-        chosen = lake.read("search", run_id, iteration).filter("chosen")
-        frames.append(
-            pl.DataFrame(
-                {"split": "train", "name": "balance_score", "k": None, "s": None, "value": chosen["balance_score"]},
-                schema={"split": pl.String, "name": pl.String, "k": pl.Int32, "s": pl.Int32, "value": pl.Float64},
-            )
-        )
+    frames.append(round_monitoring(lake, cfg, run_id, iteration, scorer))
     metrics = pl.concat([f.cast({"k": pl.Int32, "s": pl.Int32, "value": pl.Float64}) for f in frames])
     lake.write("metrics", metrics, run_id, iteration)
     greedy = metrics.filter(pl.col("name") == "greedy_pass@1")
@@ -109,9 +164,26 @@ def compute_metrics(run_id: str, iteration: int, scorer: str, sampled: bool, cfg
     }
 
 
-def round_markdown(run_id: str, iteration: int, summary: dict, grid: pl.DataFrame | None, metrics: pl.DataFrame) -> str:
+def round_notes(cfg, metrics: pl.DataFrame) -> list[str]:
+    """What the round's artifact must say besides its numbers: what was searched, and anything
+    that did not go as configured (nothing selected, the starting policy kept, a K with no metric)."""
+    value = {(r["name"], r["k"]): r["value"] for r in metrics.iter_rows(named=True) if r["split"] in ("train", None)}
+    notes = [f"Search: {cfg.search_summary()}; n* = {cfg.selection.target_per_query:g}."]
+    if value.get(("selected", None)) == 0 and cfg.self_generated:
+        notes.append("**No candidate passed the threshold this round.**")
+    if value.get(("policy_kept", None)) == 1:
+        start = "the initial checkpoint (restart mode)" if cfg.training_mode == "restart" else "the previous round's"
+        notes.append(f"**Nothing to train on: the round kept its starting policy, {start}.**")
+    for r in metrics.filter(pl.col("name") == "queries_short_of_k").iter_rows(named=True):
+        notes.append(f"**{r['split']}: {r['value']:.0f} queries have fewer than K={r['k']} samples; "
+                     f"Pass@{r['k']} and its K-S metrics are left out.**")
+    return notes
+
+
+def round_markdown(run_id: str, iteration: int, summary: dict, grid: pl.DataFrame | None, metrics: pl.DataFrame,
+                   notes: list[str] = ()) -> str:
     """The round's Prefect artifact: chosen configuration, best grid cells, metrics."""
-    lines = [f"# {run_id} · round {iteration}", ""]
+    lines = [f"# {run_id} · round {iteration}", "", *[f"- {n}" for n in notes], ""]
     bs = summary.get("balance_score")
     lines += [
         "| temperature | threshold | balance score | selected |",
@@ -147,7 +219,7 @@ def publish_round(run_id: str, iteration: int, summary: dict, cfg_json: str) -> 
     metrics = lake.read("metrics", run_id, iteration)
     key = f"{run_id}-round-{iteration}".lower().replace("_", "-").replace(".", "-")
     create_markdown_artifact(
-        markdown=round_markdown(run_id, iteration, summary, grid, metrics),
+        markdown=round_markdown(run_id, iteration, summary, grid, metrics, round_notes(cfg, metrics)),
         key=key[:100],
         description=f"B-STaR round {iteration} of {run_id}",
     )

@@ -17,6 +17,7 @@ PRM scoring of stored candidates, and side-by-side ranking metrics (answer-only 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import polars as pl
@@ -27,6 +28,8 @@ from bstar.tasks.prompts import render_prompts
 
 ANNOTATE_STAGE = "annotate"
 PRM_EVAL_STAGE = "prm-eval"
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
         outs = samplers[policy].sample(
             prompts, k=t.samples, temperature=t.temperature, top_p=s.top_p if t.temperature > 0 else 1.0,
             max_new_tokens=s.max_new_tokens, seeds=[seed_for(q) for q in qids],
-            base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, ANNOTATE_STAGE), stop=s.stop, progress=False,
+            base_seed=seed_for(cfg.seed, s.seed, iteration, ANNOTATE_STAGE), stop=s.stop, progress=False,
         )
         t_sample = time.time() - t0
         cands = pl.DataFrame(
@@ -165,7 +168,7 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
             [prompts[qi] + p for qi, p in keys], k=t.rollouts, temperature=t.rollout_temperature,
             top_p=s.top_p if t.rollout_temperature > 0 else 1.0, max_new_tokens=s.max_new_tokens,
             seeds=[seed_for(qids[qi], p) for qi, p in keys],
-            base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, "rollout"), stop=s.stop,
+            base_seed=seed_for(cfg.seed, s.seed, iteration, "rollout"), stop=s.stop,
         ) if keys else []
         t_roll = time.time() - t1
     finally:
@@ -257,7 +260,11 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
 
 
 def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame, scorer: str) -> pl.DataFrame:
-    """Answer-only reward rows -> `scorer` rows with step_scores, prm and reward = 1[correct] + prm."""
+    """Answer-only reward rows -> `scorer` rows with step_scores, prm and reward = 1[correct] + prm.
+
+    A response longer than the PRM's context is left-truncated: its first steps get no score (its
+    step_scores are those of its last steps, and prm aggregates those only). How many steps of how
+    many responses that hit is logged as a warning."""
     from bstar.models.prm import scorer_from_options
 
     if not cfg.reward.prm:
@@ -275,6 +282,7 @@ def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame,
         qids = frame["query_id"].to_list()
         delims = [_delimiter_for(cfg, dataset_of.get(q), prm.delimiter) for q in qids]
         results = prm.score([prompt_of[q] for q in qids], frame["response"].to_list(), delimiter=delims)
+        _warn_truncated(results, prm.max_length, "scoring")
     scored = frame.select("query_id", "sample_idx").with_columns(
         pl.Series("step_scores", [r.step_scores for r in results], dtype=pl.List(pl.Float64)),
         pl.Series("prm", [r.prm for r in results], dtype=pl.Float64),
@@ -288,6 +296,17 @@ def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame,
         )
         .select(rewards.columns)
     )
+
+
+def _warn_truncated(results, max_length, what: str) -> int:
+    """Steps left unscored by left truncation over `results` (PRMResults); a warning when any."""
+    steps = sum(r.n_truncated for r in results)
+    if steps:
+        hit = sum(1 for r in results if r.n_truncated)
+        log.warning("PRM %s: %d steps of %d of %d responses not scored: their step-end token was cut off by "
+                    "left truncation to the PRM's max length %s (rewards use the remaining last steps)",
+                    what, steps, hit, len(results), max_length)
+    return steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,7 +390,7 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
     rows, qids, prompts = as_rows(frame), frame["query_id"].to_list(), render_prompts(cfg, frame, policy)
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
         outs = sampler.sample(prompts, k=t.eval_k, temperature=cfg.eval.temperature, max_new_tokens=s.max_new_tokens,
-                              seeds=[seed_for(q) for q in qids], base_seed=seed_for(cfg.seed, run_id, PRM_EVAL_STAGE),
+                              seeds=[seed_for(q) for q in qids], base_seed=seed_for(cfg.seed, PRM_EVAL_STAGE),
                               stop=s.stop, progress=False)
     flat = [(qi, x) for qi, o in enumerate(outs) for x in o]
     responses = [x.text for _, x in flat]
@@ -382,11 +401,13 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
         results = prm.score([prompts[qi] for qi, _ in flat], responses, delimiter=delim, progress=False)
         score_s = time.time() - t0
         kind = prm.score_kind
+        truncated_steps = _warn_truncated(results, prm.max_length, "evaluation")
     # step level, against the truth
     ys, ps, sound, sound_scores = [], [], [], []
     for (qi, x), r, ok in zip(flat, results, correct):
         truth = true_step_labels(verifier, x.text, rows[qi]["prompt"], len(split_steps(x.text, delim)))
-        for y, p in zip(truth, r.step_scores):
+        # left truncation leaves the first r.n_truncated steps unscored: align the scores from the end
+        for y, p in zip(truth[len(truth) - len(r.step_scores):], r.step_scores):
             if y is not None:
                 ys.append(bool(y))
                 ps.append(p)
@@ -423,4 +444,6 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
     metrics = pl.concat([pl.DataFrame(out, schema=METRIC_SCHEMA, orient="row"), ranked])
     metrics = metrics.filter(pl.col("value").is_not_null())
     lake.write("metrics", metrics, run_id, iteration, stage="prm")
-    return {r["name"] + (f"@{r['k']}" if r["k"] else ""): round(r["value"], 4) for r in metrics.iter_rows(named=True)}
+    result = {r["name"] + (f"@{r['k']}" if r["k"] else ""): round(r["value"], 4) for r in metrics.iter_rows(named=True)}
+    result["prm_truncated_steps"] = truncated_steps  # steps left unscored by left truncation
+    return result

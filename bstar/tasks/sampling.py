@@ -53,7 +53,9 @@ def sample_candidates(
                 top_p=s.top_p if temperature > 0 else 1.0,
                 max_new_tokens=s.max_new_tokens,
                 seeds=[seed_for(q) for q in qids],
-                base_seed=seed_for(cfg.seed, s.seed, run_id, iteration, stage, temperature),
+                # the config's seeds decide every draw; the run id is only a name, so the same config
+                # under another run id (a rerun, another arm of a comparison) draws the same samples
+                base_seed=seed_for(cfg.seed, s.seed, iteration, stage, temperature),
                 stop=s.stop,
                 first_sample_idx=t_idx * k,
             )

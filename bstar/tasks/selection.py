@@ -38,7 +38,7 @@ def search_config(
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     scored = scored_frame(lake, run_id, iteration, "search", scorer)
-    grid = balance_grid(scored, thresholds, cfg.selection.n_star)
+    grid = balance_grid(scored, thresholds, cfg.selection.target_per_query)
     chosen = choose_config(grid, temperature=fixed.get("temperature"), threshold=fixed.get("threshold"))
     lake.write("search", mark_chosen(grid, chosen), run_id, iteration)
     return {k: (float(v) if isinstance(v, float) else v) for k, v in chosen.items()}

@@ -32,6 +32,38 @@ def _trainer_kwargs(cfg) -> dict:
     )
 
 
+def round_steps(cfg) -> dict:
+    """How long each round trains: `{"max_steps": S}` or `{"epochs": E}` for `train_sft`.
+
+    Online mode carries one LR schedule over all rounds, `iterations` x the per-round step count,
+    so every round must take the same number of steps: `training.max_steps`, or, when only
+    `epochs` is set, epochs over N (`selection.n_target`, the per-round sample budget the paper
+    fixes) in batches of `batch_size`. Epochs over each round's own data would fix the schedule
+    from round 1's size, and a larger later round would train its tail at LR 0. Iterative and
+    restart modes start a fresh schedule every round: epochs count over that round's data."""
+    import math
+
+    t = cfg.training
+    if t.max_steps:
+        return {"max_steps": t.max_steps}
+    if cfg.training_mode == "online":
+        return {"max_steps": max(1, math.ceil(t.epochs * cfg.selection.n_target / t.batch_size))}
+    return {"epochs": t.epochs}
+
+
+def training_summary(cfg) -> str:
+    """The rounds' training length and LR schedule in one line (for `bstar check`)."""
+    t, mode, steps = cfg.training, cfg.training_mode, round_steps(cfg)
+    if "epochs" in steps:
+        return f"{mode}: {t.epochs:g} epoch(s) of each round's data, a fresh LR schedule every round"
+    how = "training.max_steps" if t.max_steps else (
+        f"epochs {t.epochs:g} x N {cfg.selection.n_target} / batch {t.batch_size}")
+    per = f"{steps['max_steps']} steps per round ({how})"
+    if mode == "online":
+        return f"online: one LR schedule of {cfg.iterations} rounds x {per}"
+    return f"{mode}: {per}, a fresh LR schedule every round"
+
+
 def warmup_trainer_kwargs(cfg) -> dict:
     """The rounds' trainer settings with the warm-up's own lr, batch size and (if set) weight decay."""
     w = cfg.training.warmup
@@ -103,15 +135,13 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
     rows = selected.join(read_queries(cfg, run_id, "train"), on="query_id").sort("query_id", "sample_idx")
     # rendered with the tokenizer of the checkpoint being trained: the prompt tokens the sampler saw
     examples = list(zip(render_prompts(cfg, rows, start), rows["response"].to_list()))
-    t = cfg.training
-    steps = dict(max_steps=t.max_steps) if t.max_steps else dict(epochs=t.epochs)
     info = train_sft(
         examples,
         start,
         checkpoint_dir(cfg, run_id, f"iter-{iteration}"),
         mode=mode,
         total_rounds=cfg.iterations,
-        **steps,
+        **round_steps(cfg),
         **_trainer_kwargs(cfg),
     )
     lake.write("checkpoints", [{"step": info.step, "path": info.path, "mode": mode}], run_id, iteration)

@@ -76,10 +76,13 @@ def reference_grid(scored: pl.DataFrame, thresholds, nstar) -> dict:
 
 # ------------------------------------------------------------------------------------ n_star
 def test_n_star_paper_and_rounding():
-    assert n_star(67_500, 11_500) == 6
-    assert n_star(12, 4) == 3
-    assert n_star(13, 4) == 4
-    assert n_star(1, 100) == 1
+    assert n_star(67_500, 11_500) == 67_500 / 11_500  # the paper's n* = N / M, 5.87
+    assert n_star(67_500, 11_500, "ceil") == 6 and n_star(67_500, 11_500, "floor") == 5
+    assert n_star(12, 4) == 3 == n_star(12, 4, "ceil")
+    assert n_star(13, 4) == 3.25 and n_star(13, 4, "ceil") == 4
+    assert n_star(1, 100) == 0.01 and n_star(1, 100, "ceil") == 1 == n_star(1, 100, "floor")
+    with pytest.raises(ValueError, match="rounding"):
+        n_star(1, 2, "nearest")
     with pytest.raises(ValueError):
         n_star(0, 5)
     with pytest.raises(ValueError):
@@ -140,6 +143,8 @@ def test_incorrect_selected_lowers_ratio_and_nstar_larger_than_k():
     row = cell(balance_grid(scored, [0.5], n_star=10), 0.7, 0.5)
     assert row["balance_score"] == pytest.approx(0.1, abs=1e-15)
     assert (row["n_selected"], row["n_unique_correct"]) == (4, 2)
+    # the paper's fractional n* = N / M: 2 / 2.5 * 2/4 = 0.4 (ceil(2.5) = 3 would give 1/3)
+    assert cell(balance_grid(scored, [0.5], n_star=2.5), 0.7, 0.5)["balance_score"] == pytest.approx(0.4, abs=1e-15)
     # n* = 1: min(2, 1) * 2/4 = 0.5
     assert cell(balance_grid(scored, [0.5], n_star=1), 0.7, 0.5)["balance_score"] == 0.5
 

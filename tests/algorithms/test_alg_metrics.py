@@ -35,16 +35,29 @@ def brute_pass_at_k_s(texts, correct, k, s):
     return hit / len(subsets)
 
 
-def brute_reward_at_k_s(rewards, correct, k, s):
+def brute_reward_at_k_s(rewards, correct, k, s, texts=None, sample_idx=None):
+    """Fraction of k-subsets whose s best distinct texts are all correct, straight from the
+    definition: per text (surrounding whitespace stripped) its best reward over all samples (NaN
+    last), ties by its smallest sample_idx; correct if any copy is; < s distinct texts: fail."""
     n = len(rewards)
+    texts = list(range(n)) if texts is None else [t.strip() for t in texts]
+    idx = list(range(n)) if sample_idx is None else list(sample_idx)
+    best, first, ok = {}, {}, {}
+    for t, r, i, c in zip(texts, rewards, idx, correct):
+        if not math.isnan(r):
+            best[t] = max(best.get(t, -math.inf), r)
+        first[t] = min(first.get(t, math.inf), i)
+        ok[t] = ok.get(t, False) or bool(c)
 
-    def rank_key(i):
-        r = rewards[i]
-        return (1 if math.isnan(r) else 0, -r if not math.isnan(r) else 0.0, i)
+    def rank_key(t):
+        return (0, -best[t], first[t]) if t in best else (1, 0.0, first[t])
 
     subsets = list(itertools.combinations(range(n), k))
-    ok = sum(all(correct[i] for i in sorted(sub, key=rank_key)[:s]) for sub in subsets)
-    return ok / len(subsets)
+    hit = 0
+    for sub in subsets:
+        top = sorted({texts[i] for i in sub}, key=rank_key)[:s]
+        hit += len(top) == s and all(ok[t] for t in top)
+    return hit / len(subsets)
 
 
 # ------------------------------------------------------------------------------------ pass@k
@@ -134,6 +147,35 @@ def test_reward_at_k_s_hand_cases():
         reward_at_k_s([0.1, 0.2], [True, True], 3, 1)
     with pytest.raises(ValueError):
         reward_at_k_s([0.1, 0.2], [True, True], 2, 3)
+    with pytest.raises(ValueError):
+        reward_at_k_s([0.1, 0.2], [True, True], 1, 1, responses=["a"])
+
+
+def test_reward_at_k_s_counts_distinct_responses():
+    # A (correct, 1.0) twice, B (wrong, 0.5), C (correct, 0.9): the top 2 distinct are A, C.
+    texts = ["A", " A\n", "B", "C"]  # surrounding whitespace does not make a new response
+    rewards = [1.0, 1.0, 0.5, 0.9]
+    assert reward_at_k_s(rewards, [True, True, False, True], 4, 2, responses=texts) == 1.0
+    # with C wrong the top 2 distinct are A, C -> 0 (per sample, A's copies fill the top 2 -> 1)
+    assert reward_at_k_s(rewards, [True, True, False, False], 4, 2, responses=texts) == 0.0
+    assert reward_at_k_s(rewards, [True, True, False, False], 4, 2) == 1.0  # responses=None
+    # K=3: of the 4 subsets only {A, A, B} fails (its 2 distinct are A, B); per sample none does
+    assert reward_at_k_s(rewards, [True, True, False, True], 3, 2, responses=texts) == 0.75
+    assert reward_at_k_s(rewards, [True, True, False, True], 3, 2) == 1.0
+    # fewer than S distinct responses fail
+    assert reward_at_k_s([1.0, 1.0], [True, True], 2, 2, responses=["A", "A"]) == 0.0
+    # a text ranks by its best copy over the query, ties by its smallest sample_idx: A (idx 0, 2)
+    # ties B (idx 1) at 0.5 and ranks first in every pair, also in {A2, B}
+    assert reward_at_k_s([0.5] * 3, [False, True, False], 2, 1, responses=["A", "B", "A"]) == 0.0
+    # sample_idx 5, 1, 9: now B ranks first; pairs {A, B} succeed, {A, A} does not -> 2/3
+    assert reward_at_k_s(
+        [0.5] * 3, [False, True, False], 2, 1, responses=["A", "B", "A"], sample_idx=[5, 1, 9]
+    ) == pytest.approx(2 / 3)
+    # NaN copies do not lower a text's rank; a text with only NaN copies ranks last
+    nan = float("nan")
+    assert reward_at_k_s([nan, 0.2, 0.3], [True, True, False], 3, 1, responses="AAB") == 0.0
+    assert reward_at_k_s([nan, nan, 0.3], [True, True, False], 3, 1, responses="AAB") == 0.0
+    assert reward_at_k_s([nan, nan, 0.3], [False, False, True], 3, 1, responses="AAB") == 1.0
 
 
 def test_reward_at_k_s_matches_brute_force():
@@ -150,6 +192,30 @@ def test_reward_at_k_s_matches_brute_force():
                 assert got == pytest.approx(want, abs=1e-12)
 
 
+def test_reward_at_k_s_distinct_matches_brute_force():
+    rng = np.random.default_rng(11)
+    for _ in range(120):
+        n = int(rng.integers(1, 10))
+        texts = [f"{rng.choice(['', ' '])}t{v}" for v in rng.integers(0, 4, n)]  # duplicates
+        rewards = np.round(rng.uniform(-1, 1, n), 1)  # one decimal: ties happen
+        rewards[rng.random(n) < 0.15] = np.nan
+        if rng.random() < 0.5:  # mostly rewards and correctness are functions of the text...
+            by_text = {t: (round(float(rng.uniform(-1, 1)), 1), rng.random() < 0.6) for t in texts}
+            rewards = np.array([by_text[t.strip()][0] if t.strip() in by_text else r
+                                for t, r in zip(texts, rewards)])
+            correct = np.array([rng.random() < 0.6 for _ in texts])
+            per_text = {t.strip(): c for t, c in zip(texts, correct)}
+            correct = np.array([per_text[t.strip()] for t in texts])
+        else:  # ...but copies may disagree (a verifier timeout, a noisy reward)
+            correct = rng.random(n) < 0.6
+        idx = rng.permutation(20)[:n]
+        for k in range(1, n + 1):
+            for s in range(1, k + 1):
+                got = reward_at_k_s(rewards, correct, k, s, sample_idx=idx, responses=texts)
+                want = brute_reward_at_k_s(list(rewards), list(correct), k, s, texts, idx)
+                assert got == pytest.approx(want, abs=1e-12), (texts, rewards, correct, k, s)
+
+
 # ----------------------------------------------------------------------------------- diversity
 def test_extract_equations():
     assert extract_equations("A: 23+45=68; 68 - 12 = 56. #### 56") == ["23+45=68", "68-12=56"]
@@ -163,11 +229,66 @@ def test_extract_equations():
     assert extract_equations("The answer is 7") == []
 
 
+def test_extract_equations_latex():
+    assert extract_equations("so $2x=4$, hence x = 2") == ["2x=4"]  # implicit product in math
+    assert extract_equations(r"\[\frac12+\frac13=\frac56\]") == [r"\frac12+\frac13=\frac56"]
+    assert extract_equations(r"Adding, \(3+4=7\).") == ["3+4=7"]
+    assert extract_equations("Pythagoras: $$a^2 + b^2 = c^2$$") == ["a^2+b^2=c^2"]
+    assert extract_equations("$$\n  a^2 + b^2\n  = c^2.\n$$") == ["a^2+b^2=c^2"]  # across lines
+    # chains give their neighbouring pairs; "\\ &=" continues one
+    assert sorted(extract_equations(r"\[ x = 10 - 4 = 6 \]")) == ["10-4=6", "x=10-4"]
+    aligned = r"\begin{align*} a &= b + c \\ &= d \end{align*}"
+    assert sorted(extract_equations(aligned)) == ["a=b+c", "b+c=d"]
+    assert extract_equations(r"\[\begin{aligned} 2x+3 &= 7 \\ x &= 2 \end{aligned}\]") == [
+        "2x+3=7", "x=2"
+    ]
+    # normalisation: whitespace, \left/\right, spacing commands, \dfrac; separators ", " and ";"
+    assert extract_equations(r"$\left( 1+2 \right) \cdot 3 = 9$") == [r"(1+2)\cdot3=9"]
+    assert extract_equations(r"$\dfrac{1}{2}\,+\,\tfrac13 = \frac{5}{6}$") == [
+        r"\frac{1}{2}+\frac13=\frac{5}{6}"
+    ]
+    assert extract_equations("$x = 2, y = 3$ and $z=1$; $a==b$") == ["x=2", "y=3", "z=1"]
+    assert extract_equations(r"$3 \times \$5 = \$15$") == [r"3\times\$5=\$15"]  # escaped dollars
+    # calculator notes and LaTeX in one response: both are read
+    assert extract_equations("$2x=48$, so x = <<48/2=24>>24.") == ["2x=48", "48/2=24"]
+
+
+def test_extract_equations_no_double_counting():
+    # prose before the math is read by the plain rule, the math only as math
+    mixed = r"First 2+3=5, then $5\times 2 = 10$ and \[ 10 - 4 = 6. \]"
+    assert sorted(extract_equations(mixed)) == sorted(["2+3=5", r"5\times2=10", "10-4=6"])
+    # "$2+3=5$ = 5" must not become the plain equation "$2+3=5$=5" too
+    assert extract_equations("so $2+3=5$ = 5") == ["2+3=5"]
+    # the same equation written twice is two occurrences, not a double count
+    assert extract_equations("$2+3=5$ and again 2+3=5") == ["2+3=5", "2+3=5"]
+
+
+def test_extract_equations_dollar_amounts_are_not_math():
+    assert extract_equations("It costs $5 and $6") == []
+    assert extract_equations("He paid $5 + $6 = $11 for both.") == ["$5+$6=$11"]  # plain rule
+    assert extract_equations("Shirts are $5 each and hats $6 = a bargain at $11") == []
+    assert extract_equations("$10 - $2 = $8 left, and $3 more") == ["$10-$2=$8"]
+    assert extract_equations("$10-$2=$8") == ["$10-$2=$8"]
+    assert extract_equations("It costs 5$, and 2*5 = 10$.") == ["2*5=10$"]  # postfix prices
+    assert extract_equations("Pay $5, x=3 and y = 4, so $9 in all") == []  # prose between prices
+    # GSM8K money + notes: "$<<...>>" must not open math that swallows the notes
+    gsm = "He earns $10*8 = $<<10*8=80>>80, $<<80+5=85>>85, and $<<2*2=4>>4 tips."
+    assert extract_equations(gsm) == ["10*8=80", "80+5=85", "2*2=4"]
+    # a price before real inline math on the same line
+    assert extract_equations("It costs $5, so $x=5$ and $6 more.") == ["x=5"]
+    assert extract_equations("$x=5$5") == []  # a digit after the closing "$": a price
+    assert extract_equations("Let $x =\n 8$ be") == []  # inline math is on one line
+
+
 def test_distinct_equation_ratio():
     assert distinct_equation_ratio(["2+2=4; 4*3=12", "2 + 2 = 4 then 4*3=12", "1+1=2"]) == 3 / 5
     assert distinct_equation_ratio(["2+2=4", "2+2=4"]) == 0.5
     assert distinct_equation_ratio(["no equations", "answer 4"]) is None
     assert distinct_equation_ratio([]) is None
+    # LaTeX counts, with the same spelling as in text after normalisation: 2+2=4 x3, x=4 x1
+    latex = ["$2 + 2 = 4$", r"\(2+2=4\)", "2+2=4", "$x=4$", "costs $4 and $5"]
+    assert distinct_equation_ratio(latex) == 2 / 4
+    assert distinct_equation_ratio(["$5 and $6", "$7"]) is None
 
 
 # -------------------------------------------------------------------------------------- frames
@@ -208,8 +329,16 @@ def test_sample_metrics_hand_values():
     assert t("pass@k-s", 2, 2) == pytest.approx((2 / 6 + 0) / 2)
     # Reward@4-1: q1 best 1.5 correct -> 1; q2 ranked 0.7 wrong, 0.5, 0.4, null -> 0
     assert t("reward@k-s", 4, 1) == 0.5
-    # Reward@4-2: q1 top two 1.5, 1.2 correct -> 1; q2 -> 0
-    assert t("reward@k-s", 4, 2) == 0.5
+    # Reward@4-2 ranks distinct texts: q1 "2+2=4" (1.5; its copy " 2+2=4" at 1.2 is the same
+    # response), then "2-2=0" (0.9, wrong) -> 0; q2 -> 0. (The old per-sample value was 0.5: the
+    # two copies of 2+2=4 filled q1's top two.)
+    assert t("reward@k-s", 4, 2) == 0.0
+    # Reward@2-2, q1 ranks A=2+2=4 (2 copies), W=2-2=0, B=2*2=4: of the 6 pairs only {A, B} x2
+    # succeed ({A, A} has one distinct text) -> 2/6; q2 -> 0. (Per sample: 3/6, mean 0.25.)
+    assert t("reward@k-s", 2, 2) == pytest.approx((2 / 6 + 0) / 2)
+    # Reward@2-1: q1 fails only {W, B} -> 5/6; q2 ranks 9 (0.7, wrong), nothing (0.5, wrong),
+    # 3+3=6 (best copy 0.4; the null copy does not demote it): only {3+3=6 x2} -> 1/6
+    assert t("reward@k-s", 2, 1) == pytest.approx((5 / 6 + 1 / 6) / 2)
     # diversity: q1 correct eqs 2+2=4 (x2), 2*2=4 -> 2/3; q2: 3+3=6 (x2) -> 1/2
     assert t("diversity") == pytest.approx((2 / 3 + 1 / 2) / 2)
     # train split has 2 samples: k=4 rows are skipped, no equations -> no diversity row
@@ -238,10 +367,13 @@ def test_sample_metrics_match_per_query_functions():
     text = rng.integers(0, 4, n_q * n)
     correct = text < 2
     reward = np.round(rng.uniform(-1, 1, n_q * n), 1)
+    reward[rng.random(n_q * n) < 0.1] = np.nan
+    # few texts per query, so duplicates (ranked once, by their best copy) are the common case
+    responses = np.array([f"{v}+1={v + 1}" for v in text], dtype=object)
     df = pl.DataFrame(
         {
             "split": "test", "query_id": q, "sample_idx": idx,
-            "response": [f"{v}+1={v + 1}" for v in text], "correct": correct, "reward": reward,
+            "response": responses, "correct": correct, "reward": reward,
         }
     ).sample(fraction=1.0, shuffle=True, seed=1)  # input order must not matter
     out = sample_metrics(df, ks=[1, 3, 8], ss=[1, 2, 3])
@@ -256,11 +388,42 @@ def test_sample_metrics_match_per_query_functions():
                 m = q == qi
                 groups = np.unique(text[m & correct], return_counts=True)[1]
                 p += pass_at_k_s(n, groups, k, s)
-                r += reward_at_k_s(reward[m], correct[m], k, s, sample_idx=idx[m])
+                r += reward_at_k_s(
+                    reward[m], correct[m], k, s, sample_idx=idx[m], responses=responses[m]
+                )
             assert got[("pass@k-s", k, s)] == pytest.approx(p / n_q, abs=1e-12)
             assert got[("reward@k-s", k, s)] == pytest.approx(r / n_q, abs=1e-12)
         c = np.array([correct[q == qi].sum() for qi in range(n_q)])
         assert got[("pass@k", k, None)] == pytest.approx(np.mean([pass_at_k(n, ci, k) for ci in c]))
+
+
+def test_reward_equals_pass_at_k_s_under_answer_only_reward():
+    # B-STaR: with reward = 1[correct] (and correctness a function of the text) every correct text
+    # outranks every wrong one, so "top S distinct all correct" is ">= S distinct correct".
+    rng = np.random.default_rng(5)
+    rows = []
+    for qi in range(40):
+        n = int(rng.integers(8, 13))
+        alphabet = int(rng.integers(1, 6))
+        right = rng.random(alphabet) < 0.5
+        for i, v in enumerate(rng.integers(0, alphabet, n)):
+            text = f"{rng.choice(['', ' ', chr(10)])}answer {v}"
+            rows.append(("test", qi, int(i), text, bool(right[v]), 1.0 if right[v] else 0.0))
+    df = pl.DataFrame(
+        rows,
+        schema={"split": pl.String, "query_id": pl.Int64, "sample_idx": pl.Int64,
+                "response": pl.String, "correct": pl.Boolean, "reward": pl.Float64},
+        orient="row",
+    ).sample(fraction=1.0, shuffle=True, seed=2)
+    out = sample_metrics(df, ks=[1, 2, 3, 5, 8], ss=[1, 2, 3, 4, 6])
+    by = {(r["name"], r["k"], r["s"]): r["value"] for r in out.iter_rows(named=True)}
+    pairs = [(k, s) for k in (1, 2, 3, 5, 8) for s in (1, 2, 3, 4, 6) if s <= k]
+    for name in ("", "_se"):
+        for k, s in pairs:
+            assert by[(f"reward@k-s{name}", k, s)] == pytest.approx(
+                by[(f"pass@k-s{name}", k, s)], abs=1e-12
+            ), (name, k, s)
+    assert by[("pass@k-s", 8, 2)] not in (0.0, 1.0)  # the data exercise the duplicates
 
 
 def test_sample_metrics_errors_and_empty():

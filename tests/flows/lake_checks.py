@@ -62,7 +62,7 @@ def check_search_grid(root: str, run_id: str, cfg, iterations: int) -> None:
             f"FROM search WHERE run_id = '{run_id}' AND iteration = {it} ORDER BY temperature, threshold"
         ).pl()
         assert not stored.is_empty(), f"no search grid for round {it}"
-        again = balance_grid(scored, cfg.search.thresholds, cfg.selection.n_star)
+        again = balance_grid(scored, cfg.search.thresholds, cfg.selection.target_per_query)
         assert stored.drop("chosen").equals(again.select(stored.drop("chosen").columns))
         best = stored.filter("chosen").row(0, named=True)
         assert best["balance_score"] == pytest.approx(stored["balance_score"].max())
@@ -80,12 +80,37 @@ def check_metrics(root: str, run_id: str, iterations: int, sampled: bool = True)
     return m
 
 
+def check_round_monitoring(root: str, run_id: str, cfg, iterations: int) -> None:
+    """Every round's `balance_score` metric is the balance score of the configuration it used,
+    recomputed from its own stored training candidates; the search estimate and the selection
+    counts sit beside it."""
+    con = connect(root)
+    m = Lake(root).read("metrics", run_id).filter(pl.col("split") == "train")
+    value = {(r["iteration"], r["name"]): r["value"] for r in m.iter_rows(named=True)}
+    for it in range(1, iterations + 1):
+        scored = con.sql(
+            f"SELECT query_id, temperature, response, coalesce(correct, false) AS correct, reward "
+            f"FROM scored WHERE run_id = '{run_id}' AND iteration = {it} AND stage = 'train'"
+        ).pl()
+        chosen = con.sql(f"SELECT threshold, balance_score FROM search WHERE run_id = '{run_id}' "
+                         f"AND iteration = {it} AND chosen").fetchall()
+        threshold = chosen[0][0] if chosen else cfg.search_plan()["thresholds"][0]
+        again = balance_grid(scored, [threshold], cfg.selection.target_per_query)["balance_score"][0]
+        assert value[(it, "balance_score")] == pytest.approx(again, abs=1e-12)
+        if chosen:
+            assert value[(it, "search_balance_score")] == pytest.approx(chosen[0][1], abs=1e-12)
+        own = con.sql(f"SELECT count(*) FROM selections WHERE run_id = '{run_id}' AND iteration = {it} "
+                      "AND sample_idx >= 0").fetchall()[0][0]
+        assert value[(it, "selected")] == own and value[(it, "policy_kept")] == float(own == 0 and not cfg.selection.include_gold)
+
+
 def check_run_lake(root: str, run_id: str, cfg, iterations: int) -> None:
     check_every_table_filled(root, run_id)
     check_no_duplicate_keys(root, run_id)
     check_selections_above_threshold(root, run_id)
     check_search_grid(root, run_id, cfg, iterations)
     check_metrics(root, run_id, iterations, sampled=bool(cfg.eval.k))
+    check_round_monitoring(root, run_id, cfg, iterations)
 
 
 # A fresh interpreter that imports nothing of bstar: what a user's script, or vLLM's loader, sees.

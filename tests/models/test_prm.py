@@ -122,7 +122,8 @@ def test_bstar_scalar_scores_are_the_head_at_step_tokens(small_prm):
     prompts = [e["prompt"] for e in ex[:7]]
     responses = ["; ".join(e["steps"]) for e in ex[:7]]
     got = prm.step_scores(prompts, responses, progress=False)
-    ids, pos = step_inputs(prm.tokenizer, prm.spec, prompts[2], ex[2]["steps"])
+    ids, pos, cut = step_inputs(prm.tokenizer, prm.spec, prompts[2], ex[2]["steps"])
+    assert cut == 0
     assert [ids[p] for p in pos] == [prm.spec.step_token_id] * len(ex[2]["steps"])
     with torch.no_grad():
         h = prm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
@@ -143,6 +144,101 @@ def test_bstar_scalar_scores_are_the_head_at_step_tokens(small_prm):
 
     p = min(got[0])
     assert logit[0].prm == pytest.approx(max(-1, min(1, math.log(p / (1 - p)) / 0.5)), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ left truncation
+LONG_PROMPT = PLAIN.format(prompt="12+34+5-7+10-3+2=?")
+LONG_STEPS = ["12+34=46", "46+5=51", "51-7=44", "44+10=54", "54-3=51", "51+2=53. #### 53"]
+SHORT_PROMPT, SHORT_STEPS = PLAIN.format(prompt="1+2=?"), ["1+2=3. #### 3"]
+
+
+def test_step_inputs_left_truncation_leaves_cut_steps_out(small_prm):
+    """Steps whose step-end token is cut off get no position (never position 0) and are counted."""
+    from bstar.models.prm import step_inputs
+
+    info, _ = small_prm
+    prm = load_prm(info.path, device="cpu")
+    tok, spec, step_id = prm.tokenizer, prm.spec, prm.spec.step_token_id
+    full = step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS)
+    assert full.truncated == 0 and len(full.positions) == 6
+    assert step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS, len(full.ids)) == full  # it fits: nothing cut
+    cut = full.positions[2] + 1  # the step-end tokens of the first three steps fall in the cut
+    t = step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS, len(full.ids) - cut)
+    assert t.truncated == 3 and t.ids == full.ids[cut:] and len(t.ids) == len(full.ids) - cut
+    assert t.positions == [p - cut for p in full.positions[3:]]  # the last three steps, where they were
+    assert [t.ids[p] for p in t.positions] == [step_id] * 3 and 0 not in t.positions
+    # a step-end token that is the first kept token survives (at position 0, as the step token)
+    t = step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS, len(full.ids) - full.positions[2])
+    assert t.truncated == 2 and t.positions[0] == 0 and t.ids[0] == step_id
+    # the last step always survives; a max_length below 1 is an error, not garbage
+    assert step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS, 1) == ([step_id], [0], 5)
+    with pytest.raises(ValueError, match="max_length must be >= 1"):
+        step_inputs(tok, spec, LONG_PROMPT, LONG_STEPS, 0)
+
+
+def test_scorer_leaves_truncated_steps_out_of_scores_and_aggregate(small_prm):
+    """A PRMScorer with a short max_length: the cut steps are neither scored nor aggregated; the
+    scores are the head at the surviving step tokens of the truncated input, and are counted."""
+    import torch
+
+    from bstar.models.prm import step_inputs
+
+    info, _ = small_prm
+    prm = load_prm(info.path, batch_size=4, device="cpu")
+    prompts, responses = [LONG_PROMPT, SHORT_PROMPT], ["; ".join(LONG_STEPS), "; ".join(SHORT_STEPS)]
+    whole = prm.score(prompts, responses, progress=False)
+    assert [(r.n_steps, len(r.step_scores)) for r in whole] == [(6, 6), (1, 1)]
+
+    ids, pos = step_inputs(prm.tokenizer, prm.spec, LONG_PROMPT, LONG_STEPS)[:2]
+    prm.max_length = len(ids) - pos[2] - 1  # the first three step ends are cut off
+    cut = pos[2] + 1
+    ids, kept = ids[cut:], [p - cut for p in pos[3:]]  # the truncated input, its surviving step tokens
+    with torch.no_grad():
+        h = prm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        at = torch.sigmoid(prm.head(h).squeeze(-1).float()).tolist()  # what the head says at every position
+    want = [at[p] for p in kept]
+
+    res = prm.score(prompts, responses, progress=False)  # batched with a short response that fits
+    r = res[0]
+    assert r.step_scores == pytest.approx(want, abs=1e-5)  # the last three steps, in order
+    assert not any(s == pytest.approx(at[0], abs=1e-7) for s in r.step_scores)  # nothing read at position 0
+    assert r.prm == pytest.approx(2 * min(want) - 1, abs=1e-5)  # min over the scored steps only
+    assert (r.n_steps, r.n_truncated) == (6, 3)
+    assert (res[1].n_steps, res[1].n_truncated) == (1, 0)
+    assert res[1].step_scores == pytest.approx(whole[1].step_scores, abs=1e-5)
+
+    scores, cut = prm.step_scores(prompts, responses, progress=False, return_truncated=True)
+    assert cut == [3, 0] and scores[0] == pytest.approx(want, abs=1e-5)
+    assert prm.step_scores(prompts, responses, progress=False)[0] == pytest.approx(want, abs=1e-5)
+    prm.aggregation = "mean"
+    assert prm.score(prompts, responses, progress=False)[0].prm == pytest.approx(2 * sum(want) / 3 - 1, abs=1e-5)
+    prm.aggregation = "last"
+    assert prm.score(prompts, responses, progress=False)[0].prm == pytest.approx(2 * want[-1] - 1, abs=1e-5)
+
+
+def test_train_prm_drops_labels_whose_step_end_is_cut(tmp_path, caplog):
+    """Training on examples longer than the backbone's context: the labels of the cut steps are
+    dropped (and counted), the others train at their step tokens."""
+    import math
+
+    from bstar.models.prm import step_inputs
+    from bstar.models.prm_train import train_prm
+    from bstar.models.tiny import build_tiny_policy
+
+    init = build_tiny_policy(tmp_path / "init", hidden=32, layers=1, heads=2, max_positions=48, seed=0)
+    ex = [{"prompt": LONG_PROMPT, "steps": LONG_STEPS, "labels": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]},
+          {"prompt": SHORT_PROMPT, "steps": SHORT_STEPS, "labels": [1.0]}]
+    with caplog.at_level("WARNING", logger="bstar.models.prm_train"):
+        info = train_prm(ex, init, tmp_path / "prm", step_delimiter="; ", max_steps=2, batch_size=2, progress=False)
+    prm = load_prm(info.path, device="cpu")
+    assert prm.max_length == 48
+    cut = step_inputs(prm.tokenizer, prm.spec, LONG_PROMPT, LONG_STEPS, 48).truncated
+    assert 0 < cut < 6 and step_inputs(prm.tokenizer, prm.spec, SHORT_PROMPT, SHORT_STEPS, 48).truncated == 0
+    assert info.truncated_labels == cut and info.step_labels == 7 - cut
+    assert info.positive_rate == pytest.approx((sum(ex[0]["labels"][cut:]) + 1) / (7 - cut))
+    assert json.loads(Path(info.path, "prm_config.json").read_text())["extra"]["truncated_step_labels"] == cut
+    assert all(math.isfinite(x) for x in info.losses)
+    assert any("step labels" in m and "left truncation" in m for m in caplog.messages)
 
 
 @pytest.mark.slow
@@ -198,6 +294,40 @@ def test_math_shepherd_probability_of_plus_against_minus(shepherd_dir):
     plus, minus = prm.tokenizer.convert_tokens_to_ids("+"), prm.tokenizer.convert_tokens_to_ids("-")
     want = torch.softmax(logits[:, [plus, minus]], dim=-1)[:, 0].tolist()
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_math_shepherd_truncation_keeps_the_last_tag(shepherd_dir):
+    """Math-Shepherd format: cut steps are counted, kept positions hold the tag; tokens after the
+    last tag (an EOS here) are dropped before cutting, so the last step survives max_length=1."""
+    from bstar.models.prm import step_inputs
+
+    prm = load_prm(shepherd_dir, device="cpu")
+    tag_id = prm.tokenizer.convert_tokens_to_ids(TAG)
+    full = step_inputs(prm.tokenizer, prm.spec, LONG_PROMPT, LONG_STEPS)
+    assert full.truncated == 0 and len(full.positions) == 6
+    cut = full.positions[1] + 1
+    t = step_inputs(prm.tokenizer, prm.spec, LONG_PROMPT, LONG_STEPS, len(full.ids) - cut)
+    assert t.truncated == 2 and t.positions == [p - cut for p in full.positions[2:]]
+    assert [t.ids[p] for p in t.positions] == [tag_id] * 4
+
+    class WithEos:  # a tokenizer that appends EOS after the text, as many do
+        def __init__(self, tok):
+            self._tok = tok
+
+        def __getattr__(self, name):
+            return getattr(self._tok, name)
+
+        def __call__(self, text, add_special_tokens=True, **kw):
+            out = dict(self._tok(text, add_special_tokens=add_special_tokens, **kw))
+            if add_special_tokens:
+                ids = out["input_ids"]
+                out["input_ids"] = [x + [self._tok.eos_token_id] for x in ids] if isinstance(text, list) else ids + [self._tok.eos_token_id]
+            return out
+
+    tok = WithEos(prm.tokenizer)
+    full = step_inputs(tok, prm.spec, LONG_PROMPT, LONG_STEPS)
+    assert full.ids[-1] == tok.eos_token_id and full.ids[full.positions[-1]] == tag_id
+    assert step_inputs(tok, prm.spec, LONG_PROMPT, LONG_STEPS, 1) == ([tag_id], [0], 5)
 
 
 def test_math_shepherd_hand_constructed_logits(shepherd_dir):

@@ -149,3 +149,14 @@ def test_package_imports_without_vllm():
     code = ("import sys; import bstar.models.sampling, bstar.models.vllm_backend, bstar.models.trainer; "
             "assert 'vllm' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sampling_uses_the_current_cache_api_without_deprecation_warnings(sampler, prompts, capfd, caplog):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler.sample(prompts[:2], k=2, temperature=0.8, max_new_tokens=8, base_seed=3)
+    logged = caplog.text + capfd.readouterr().err
+    assert not [w for w in caught if "deprecat" in str(w.message).lower()]
+    assert "deprecated" not in logged.lower()

@@ -209,3 +209,28 @@ def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path, micro_po
     assert two.step == 4 and len(two.losses) == 4
     assert two.losses == pytest.approx(one.losses, abs=1e-4)
     assert_same_weights(one.path, two.path, atol=1e-4)
+
+
+def test_online_rounds_of_different_sizes_never_train_at_lr_zero_before_the_last_round(tmp_path, micro_policy,
+                                                                                     rounds_data):
+    """With `training.epochs` (no max_steps) online mode takes the same steps every round (epochs
+    over N), so one schedule of rounds x steps covers a round 2 six times larger than round 1;
+    epochs over each round's own data fixed the schedule from round 1 and ran round 2 at LR 0."""
+    from bstar.config import parse_config
+    from bstar.models.trainer import train_sft
+    from bstar.tasks.training import round_steps
+
+    cfg = parse_config({"method": "online-rft", "iterations": 2, "selection": {"n_target": 48},
+                        "training": {"epochs": 1, "batch_size": 16}})
+    steps = round_steps(cfg)
+    assert steps == {"max_steps": 3}  # ceil(1 epoch x N 48 / batch 16)
+    small, big = rounds_data[0][:8], rounds_data[1]
+    kw = dict(batch_size=16, lr=1e-3, warmup_steps=1, log_every=1, progress=False, total_rounds=cfg.iterations)
+    r1 = train_sft(small, micro_policy, tmp_path / "r1", mode="online", **steps, **kw)
+    r2 = train_sft(big, r1.path, tmp_path / "r2", mode="online", **steps, **kw)
+    s = state(r2.path)
+    assert (r1.step, r2.step, s["schedule_steps"]) == (3, 6, 6)
+    lrs = [e["lr"] for e in state(r1.path)["log"] + s["log"]]  # the LR after each step: the next step's
+    assert len(lrs) == 6 and all(lr > 0 for lr in lrs[:-1]) and lrs[-1] == pytest.approx(0.0)
+    # iterative mode keeps epochs over the round's own data (a fresh schedule every round)
+    assert round_steps(parse_config({"method": "iterative-rft", "training": {"epochs": 2}})) == {"epochs": 2}

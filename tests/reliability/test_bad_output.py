@@ -110,9 +110,10 @@ def test_scoring_stage_stores_statuses_and_metrics_count_scorer_errors_apart(tmp
     judged = len(texts) - 2
     assert metrics[("scorer_errors", None)] == 2 and metrics[("sampled_scorer_errors", None)] == 2
     assert metrics[("wrong_answers", None)] == judged - 2 and metrics[("sampled_wrong_answers", None)] == judged - 2
-    assert metrics[("n", None)] == judged and metrics[("sampled_n", None)] == judged
-    # greedy Pass@1 is over judged items: 2 right of 14, the two timeouts are not zeros
-    assert out["pass@1"] == {"test": pytest.approx(2 / judged)}
+    # `n` counts test queries, `sampled_n` samples: failures included, as in every denominator
+    assert metrics[("n", None)] == len(texts) and metrics[("sampled_n", None)] == len(texts)
+    # greedy Pass@1 is over all 16 test queries: the two timeouts count as not correct
+    assert out["pass@1"] == {"test": pytest.approx(2 / len(texts))}
     assert metrics[("pass@k", 1)] == pytest.approx(2 / len(texts))  # sampled: a failure is a miss
 
 

@@ -41,6 +41,10 @@ def balance(it, t, h):
     return round(0.1 * TEMPS.index(t) + 0.05 * THRESHOLDS.index(h) + 0.01 * it, 4)
 
 
+# balance score of each round's configuration on its own training candidates (every method)
+ROUND_BALANCE = {"alpha": {1: 0.41, 2: 0.47}, "beta": {1: 0.33, 2: 0.29}}
+
+
 def _write_run(lake, run_id, method, rounds, sampled=True, search=False, selections=True):
     lake.write("runs", [{"config": json.dumps({"method": method}), "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc), "code_version": "test"}], run_id)
     qs = [{"split": "train", "query_id": f"q{i}", "dataset": "arith", "prompt": f"Q: {i}+{i}=? A:", "answer": str(2 * i), "meta": None} for i in range(6)]
@@ -67,13 +71,15 @@ def _write_run(lake, run_id, method, rounds, sampled=True, search=False, selecti
                 rows.append(_metric("test", "reward@k-s", vals[it] + off, k=k, s=s))
             rows.append(_metric("test", "diversity", DIVERSITY[run_id][it]))
         if search and it in CHOSEN:
-            rows.append(_metric("train", "balance_score", balance(it, *CHOSEN[it])))
+            rows.append(_metric("train", "search_balance_score", balance(it, *CHOSEN[it])))
             grid = [
                 {"temperature": t, "threshold": h, "balance_score": balance(it, t, h), "n_selected": 10 + it,
                  "n_unique_correct": 8, "n_queries": 6, "chosen": (t, h) == CHOSEN[it]}
                 for t in TEMPS for h in THRESHOLDS
             ]
             lake.write("search", grid, run_id, it)
+        if selections and it >= 1:  # the balance score of the configuration the round used
+            rows.append(_metric("train", "balance_score", ROUND_BALANCE[run_id][it]))
         lake.write("metrics", rows, run_id, it)
         if selections and it >= 1:
             temp = CHOSEN[it][0] if search else 0.8

@@ -37,7 +37,7 @@ def test_artifacts_are_attached_to_the_flow_run(harness, report_lake):
     for it, v in enumerate(PASS1["alpha"]):
         assert f"| {it} | test | {v:.4f} |" in text
     images = [chunk.split(")", 1)[0] for chunk in text.split("(data:image/png;base64,")[1:]]
-    assert len(images) == 7  # pass1, pass@k-s, reward@k-s, diversity, chosen, heat map, histogram
+    assert len(images) == 8  # pass1, pass@k-s, reward@k-s, diversity, balance, chosen, heat map, histogram
     for b64 in images:
         raw = base64.b64decode(b64)
         assert raw.startswith(b"\x89PNG") and len(raw) < 120_000

@@ -10,7 +10,7 @@ from bstar.reports import build_report, default_out
 from bstar.reports.data import load_report_data
 from bstar.storage.lake import Lake
 
-from .conftest import CHOSEN, PASS1, PASS_KS, REWARD_KS, SOLO_PASS1, TEMPS, THRESHOLDS, balance
+from .conftest import CHOSEN, PASS1, PASS_KS, REWARD_KS, ROUND_BALANCE, SOLO_PASS1, TEMPS, THRESHOLDS, balance
 from .htmltables import parse
 
 
@@ -50,6 +50,18 @@ def test_sampled_metrics_table(report):
     rows = {(r[0][0], int(r[2][0])): dict(zip(header, [c[0] for c in r])) for r in t["rows"][1:]}
     assert rows[("alpha", 2)]["pass@4-2"] == f"{PASS_KS[(4, 2)][2]:.4f}"
     assert rows[("beta", 1)]["reward@4-1"] == f"{REWARD_KS[(4, 1)][1] - 0.05:.4f}"
+
+
+def test_balance_table_has_every_methods_round_score_beside_the_search_estimate(report):
+    _, _, page = report
+    t = page.table("balance-table")
+    header = [c[0] for c in t["rows"][0]]
+    assert header == ["run", "round", "balance score (round)", "balance score (search)", "selected samples"]
+    rows = {(r[0][0], int(r[1][0])): [c[0] for c in r[2:]] for r in t["rows"][1:]}
+    assert set(rows) == {("alpha", 1), ("alpha", 2), ("beta", 1), ("beta", 2)}  # online-rft too
+    for (run, it), (round_bs, search_bs, _) in rows.items():
+        assert round_bs == f"{ROUND_BALANCE[run][it]:.4f}"
+        assert search_bs == (f"{balance(it, *CHOSEN[it]):.4f}" if run == "alpha" else "—")
 
 
 def test_chosen_cell_is_marked_once_per_round(report):
@@ -129,12 +141,13 @@ def test_every_plot_is_a_png(report):
     import base64
 
     names = [img["data-plot"] for img in page.images]
-    assert names == ["pass1", "pass-at-k-s", "reward-at-k-s", "diversity", "chosen", "heatmap-alpha", "histogram"]
+    assert names == ["pass1", "pass-at-k-s", "reward-at-k-s", "diversity", "balance", "chosen", "heatmap-alpha",
+                     "histogram"]
     for img in page.images:
         raw = base64.b64decode(img["src"].split(",", 1)[1])
         im = Image.open(io.BytesIO(raw))
         assert im.format == "PNG" and im.width >= 300 and im.height >= 200
-    for title in ["Pass@1 per round", "Sampled metrics: Pass@K-S and Reward@K-S", "Diversity",
+    for title in ["Pass@1 per round", "Sampled metrics: Pass@K-S and Reward@K-S", "Diversity", "Balance score per round",
                   "Configuration search (balance score)", "Selected samples per query",
                   "Sample responses: best and worst by reward"]:
         assert title in page.headings

@@ -131,3 +131,10 @@ def test_formats(root):
     assert query("SELECT 1 AS a", root).to_dicts() == [{"a": 1}]
     assert "scored" in run_sql("SHOW TABLES", root)
     assert rows("SELECT $x AS x", root, params={"x": 5}) == [{"x": 5}]
+
+
+def test_repeated_column_names_get_suffixes_instead_of_a_traceback(root):
+    sql = ("SELECT c.query_id, r.query_id, c.sample_idx, r.sample_idx, 1 AS query_id_1 FROM candidates c "
+           "JOIN rewards r USING (query_id, sample_idx) ORDER BY 1, 3 LIMIT 1")
+    assert query(sql, root).columns == ["query_id", "query_id_2", "sample_idx", "sample_idx_1", "query_id_1"]
+    assert json.loads(run_sql(sql, root, fmt="json"))[0]["query_id_2"] == "q0"
