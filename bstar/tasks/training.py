@@ -8,6 +8,7 @@ and one LR schedule over all rounds).
 
 from __future__ import annotations
 
+import math
 import os
 
 import polars as pl
@@ -41,8 +42,6 @@ def round_steps(cfg) -> dict:
     fixes) in batches of `batch_size`. Epochs over each round's own data would fix the schedule
     from round 1's size, and a larger later round would train its tail at LR 0. Iterative and
     restart modes start a fresh schedule every round: epochs count over that round's data."""
-    import math
-
     t = cfg.training
     if t.max_steps:
         return {"max_steps": t.max_steps}
