@@ -78,13 +78,14 @@ def test_dom_has_titles_and_decoded_plots(rendered):
     assert 'data-probed="1"' in dom, "the page did not finish loading within the virtual time budget"
     page = parse(dom)
     for title in ["bstar report: alpha, beta", "Pass@1 per round", "Sampled metrics: Pass@K-S and Reward@K-S",
-                  "Diversity", "Configuration search (balance score)", "Selected samples per query",
-                  "Sample responses: best and worst by reward"]:
+                  "Diversity", "Balance score per round", "Configuration search (balance score)",
+                  "Selected samples per query", "Sample responses: best and worst by reward"]:
         assert title in page.headings, f"missing heading {title!r}"
     for caption in ["Greedy Pass@1 per round", "Pass@K-S per round", "Reward@K-S per round",
+                    "Balance score of each round's configuration",
                     "alpha: Balance score over the (temperature, threshold) grid"]:
         assert caption in dom
-    assert len(page.images) == 7
+    assert len(page.images) == 8
     for img in page.images:
         w, h = (int(x) for x in img["data-natural"].split("x"))
         assert w >= 300 and h >= 200, f"plot {img['data-plot']} did not decode: {img['data-natural']}"
