@@ -419,7 +419,7 @@ class RunConfig(Strict):
                  if nt > 1 else f"temperature fixed at {plan['temperatures'][0]:g}",
                  f"threshold ({nr} values {min(plan['thresholds']):g}..{max(plan['thresholds']):g})"
                  if nr > 1 else f"threshold fixed at {plan['thresholds'][0]:g}"]
-        return f"searches {' x '.join(p for p in parts)}: {nt * nr} cells on {self.search.queries} queries"
+        return f"searches {' x '.join(parts)}: {nt * nr} cells on {self.search.queries} queries"
 
     @property
     def self_generated(self) -> bool:

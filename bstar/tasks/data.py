@@ -39,8 +39,7 @@ def search_subset(query_ids: list[str], n: int, seed: int) -> list[str]:
 
 def round_subset(query_ids: list[str], m: int, iteration: int, seed: int) -> list[str]:
     """Round `iteration`'s M training queries: consecutive slices of one shuffle, wrapping around."""
-    s = pl.Series("q", sorted(set(query_ids)))
-    order = pl.DataFrame({"q": s, "r": _rank(s, f"rounds:{seed}")}).sort("r")["q"].to_list()
+    order = seeded_sample(pl.Series(query_ids, dtype=pl.String), len(query_ids), f"rounds:{seed}")
     if not order:
         return []
     m = min(m, len(order))
