@@ -349,6 +349,9 @@ class StorageConfig(Strict):
     """Lake root: a local directory or `s3://bucket/prefix`. Credentials default to the AWS env vars."""
 
     root: str = "./lake"
+    # Candidates a sampling or scoring stage holds at once: it reads, scores and writes one chunk
+    # (one part file) at a time, so a stage's memory does not grow with its size.
+    chunk_rows: PositiveInt = 100_000
     endpoint_url: str | None = None
     key: SecretStr | None = None
     secret: SecretStr | None = None

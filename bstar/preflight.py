@@ -239,7 +239,7 @@ def _check_verifier_name(field: str, name: str) -> list[Problem]:
 
 def check_verifier(cfg: RunConfig) -> list[Problem]:
     """The run's answer verifier can run here (the code sandbox is the one that may not)."""
-    from bstar.tasks.scoring import base_verifier
+    from bstar.tasks.scorers import base_verifier
     from bstar.verifiers.registry import SandboxUnavailable, get_verifier
 
     name = base_verifier(cfg)

@@ -5,6 +5,8 @@
     lake = Lake("s3://bucket/prefix", {"endpoint_url": "http://127.0.0.1:8333"})
     lake.write("candidates", rows, run_id="r1", iteration=2, stage="train")
     df = lake.read("candidates", run_id="r1", iteration=2)  # polars, partition columns included
+    for chunk in lake.iter_read("candidates", "r1", 2, "train", rows=100_000, whole="query_id"):
+        ...                                               # bounded memory: one chunk at a time
 
 Layout: ``{root}/{table}/run_id=R/iteration=I/stage=S/part-*.parquet``. Part names are chosen by
 the caller and deterministic (default ``part-00000``), so rerunning a stage overwrites its own
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -306,6 +308,54 @@ class Lake:
             t = t.select(columns)
         return t
 
+    def iter_read(
+        self,
+        table: str,
+        run_id: str,
+        iteration: int,
+        stage: str | None = None,
+        *,
+        rows: int,
+        columns: list[str] | None = None,
+        whole: str | None = None,
+    ) -> Iterator[pl.DataFrame]:
+        """The rows of one partition, part by part, in frames of about `rows` rows (no partition
+        columns), so a stage holds one frame at a time however large the partition. `whole`: a
+        column whose runs of equal values are never split between two frames of one part (the run at
+        a frame's end waits for the next one), e.g. `query_id` so a query's candidates stay together."""
+        stage = self._stage(table, stage)
+        if rows < 1:
+            raise ValueError(f"iter_read: rows must be positive, got {rows}")
+        names = columns if columns is None or whole is None or whole in columns else [*columns, whole]
+        carry: pl.DataFrame | None = None
+        for f in self.parts(table, run_id, iteration, stage):
+            with self.fs.open(self._p(f), "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                left = pf.metadata.num_rows
+                for batch in pf.iter_batches(batch_size=rows, columns=names):
+                    left -= batch.num_rows
+                    frame = pl.from_arrow(batch)
+                    if carry is not None:
+                        frame, carry = pl.concat([carry, frame], how="vertical_relaxed"), None
+                    # a part's end ends every run (one part is one sampler call's output)
+                    if whole is not None and frame.height and left > 0:
+                        frame, carry = _split_trailing_run(frame, whole)
+                    if frame.height:
+                        yield frame if columns is None else frame.select(columns)
+
+    def prune_parts(self, table: str, run_id: str, iteration: int, stage: str | None, pattern: re.Pattern,
+                    keep: set[str]) -> list[str]:
+        """Remove the parts of one partition whose name matches `pattern` and is not in `keep`:
+        what a rerun with another chunking left behind (it would otherwise duplicate rows).
+        Returns the names removed."""
+        removed = []
+        for f in self.parts(table, run_id, iteration, stage):
+            name = f.rsplit("/", 1)[1].removesuffix(".parquet")
+            if pattern.match(name) and name not in keep:
+                self.fs.rm_file(self._p(f))
+                removed.append(name)
+        return removed
+
     # -- delete ------------------------------------------------------------------------------
     def delete_partition(self, table: str, run_id: str, iteration: int, stage: str | None = None) -> int:
         """Remove every part of one partition; returns how many parts were removed."""
@@ -326,3 +376,12 @@ class Lake:
         key = list(spec(table).full_key)
         df = self.read(table, run_id=run_id, columns=key)
         return df.group_by(key).len().filter(pl.col("len") > 1)
+
+
+def _split_trailing_run(frame: pl.DataFrame, column: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(frame without its last run of equal `column` values, that run); the whole frame is
+    carried when it is one run."""
+    values = frame[column]
+    same = (values == values[-1]).fill_null(False).to_numpy()[::-1]
+    tail = len(same) if same.all() else int(same.argmin())
+    return frame.head(frame.height - tail), frame.tail(tail)

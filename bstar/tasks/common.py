@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -126,3 +127,14 @@ def checkpoint_dir(cfg: RunConfig, run_id: str, name: str) -> str:
     else:
         base = os.path.join(os.path.abspath(root), "_checkpoints")
     return os.path.join(base, run_id, name)
+
+
+def chunk_part(base: str, chunk: int) -> str:
+    """The part holding chunk `chunk` of a stage's output named `base` (`part-round-t0.8-c00002`)."""
+    return f"{base}-c{chunk:05d}"
+
+
+def chunk_parts_re(base: str) -> re.Pattern:
+    """Part names of one chunked output: `base-cNNNNN`, or `base` alone as older lakes wrote it.
+    A stage that rewrites its output prunes the matches it did not write this time."""
+    return re.compile(rf"^{re.escape(base)}(?:-c\d{{5}})?$")

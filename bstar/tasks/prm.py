@@ -10,7 +10,8 @@ PRM scoring of stored candidates, and side-by-side ranking metrics (answer-only 
 - `evaluate_prm`: on test queries, PRM step accuracy / AUC against the arith truth, the
   Math-Shepherd labels' own agreement with the truth, Best-of-K with the PRM vs random vs oracle,
   and throughput; written to `metrics` (stage `prm`).
-- `add_prm_scores`: what `score_candidates` calls for an `<verifier>+prm` scorer.
+- `prm_rewarder`: the PRM, opened once per stage, that `score_candidates` adds to the answer
+  reward for an `<verifier>+prm` scorer, chunk by chunk.
 - `prm_ranking_metrics`: Reward@K-S / Best-of-K of a round's eval candidates ranked by answer-only,
   answer+prm and PRM-only rewards, side by side (`metrics`, stage `prm-compare`).
 """
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import polars as pl
 
 from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
 from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries, test_splits
 from bstar.tasks.prompts import render_prompts
+from bstar.tasks.scorers import base_verifier, verifier_of
 
 ANNOTATE_STAGE = "annotate"
 PRM_EVAL_STAGE = "prm-eval"
@@ -111,7 +114,6 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
     from bstar.models.prm import split_steps
     from bstar.models.sampling import get_sampler, seed_for
     from bstar.tasks.sampling import sampler_options
-    from bstar.tasks.scoring import base_verifier
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
@@ -259,12 +261,15 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
 # ----------------------------------------------------------------------------------------------
 
 
-def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame, scorer: str) -> pl.DataFrame:
-    """Answer-only reward rows -> `scorer` rows with step_scores, prm and reward = 1[correct] + prm.
+@contextmanager
+def prm_rewarder(cfg, run_id: str):
+    """Open the run's PRM once for a scoring stage; yields `add(frame, rewards, scorer)`, which
+    turns answer-only reward rows of one chunk into `scorer` rows with step_scores, prm and
+    reward = 1[correct] + prm.
 
     A response longer than the PRM's context is left-truncated: its first steps get no score (its
     step_scores are those of its last steps, and prm aggregates those only). How many steps of how
-    many responses that hit is logged as a warning."""
+    many responses that hit is logged as a warning per chunk."""
     from bstar.models.prm import scorer_from_options
 
     if not cfg.reward.prm:
@@ -272,30 +277,38 @@ def add_prm_scores(cfg, run_id: str, frame: pl.DataFrame, rewards: pl.DataFrame,
             "reward.prm is not set: give a PRM checkpoint, or train one first with `bstar prm run CONFIG`"
         )
     queries = read_queries(cfg, run_id).unique("query_id", keep="first")
-    policies = frame["policy"].unique().to_list()
-    if len(policies) > 1:
-        raise ValueError(f"candidates of one stage come from {len(policies)} policies: {policies[:3]}")
-    # the PRM scores a response behind the prompt its policy was sampled from
-    prompt_of = _prompt_of(cfg, queries, policies[0]) if policies else {}
     dataset_of = dict(zip(queries["query_id"].to_list(), queries["dataset"].to_list()))
+    prompts: dict[str, dict[str, str]] = {}  # policy -> query_id -> prompt
+
     with scorer_from_options(cfg.reward.prm, cfg.reward.prm_options) as prm:
-        qids = frame["query_id"].to_list()
-        delims = [_delimiter_for(cfg, dataset_of.get(q), prm.delimiter) for q in qids]
-        results = prm.score([prompt_of[q] for q in qids], frame["response"].to_list(), delimiter=delims)
-        _warn_truncated(results, prm.max_length, "scoring")
-    scored = frame.select("query_id", "sample_idx").with_columns(
-        pl.Series("step_scores", [r.step_scores for r in results], dtype=pl.List(pl.Float64)),
-        pl.Series("prm", [r.prm for r in results], dtype=pl.Float64),
-    )
-    return (
-        rewards.drop("step_scores", "prm", "reward")
-        .join(scored, on=["query_id", "sample_idx"], how="left")
-        .with_columns(
-            pl.lit(scorer).alias("scorer"),
-            (pl.col("correct").cast(pl.Float64) + pl.col("prm")).alias("reward"),  # null when the verifier failed
-        )
-        .select(rewards.columns)
-    )
+
+        def add(frame: pl.DataFrame, rewards: pl.DataFrame, scorer: str) -> pl.DataFrame:
+            policies = frame["policy"].unique().to_list()
+            if len(policies) > 1:
+                raise ValueError(f"candidates of one stage come from {len(policies)} policies: {policies[:3]}")
+            if policies and policies[0] not in prompts:
+                # the PRM scores a response behind the prompt its policy was sampled from
+                prompts[policies[0]] = _prompt_of(cfg, queries, policies[0])
+            prompt_of = prompts[policies[0]] if policies else {}
+            qids = frame["query_id"].to_list()
+            delims = [_delimiter_for(cfg, dataset_of.get(q), prm.delimiter) for q in qids]
+            results = prm.score([prompt_of[q] for q in qids], frame["response"].to_list(), delimiter=delims)
+            _warn_truncated(results, prm.max_length, "scoring")
+            scored = frame.select("query_id", "sample_idx").with_columns(
+                pl.Series("step_scores", [r.step_scores for r in results], dtype=pl.List(pl.Float64)),
+                pl.Series("prm", [r.prm for r in results], dtype=pl.Float64),
+            )
+            return (
+                rewards.drop("step_scores", "prm", "reward")
+                .join(scored, on=["query_id", "sample_idx"], how="left")
+                .with_columns(
+                    pl.lit(scorer).alias("scorer"),
+                    (pl.col("correct").cast(pl.Float64) + pl.col("prm")).alias("reward"),  # null when the verifier failed
+                )
+                .select(rewards.columns)
+            )
+
+        yield add
 
 
 def _warn_truncated(results, max_length, what: str) -> int:
@@ -340,7 +353,6 @@ def ranking_metrics(scored: pl.DataFrame, ks, ss) -> pl.DataFrame:
 def compare_rankings(lake, cfg, run_id: str, iteration: int, stage: str = "eval") -> pl.DataFrame:
     """`ranking_metrics` of one round's stored eval candidates (needs both the `<verifier>` and the
     `<verifier>+prm` rewards, which `score_candidates` writes for an answer+prm run)."""
-    from bstar.tasks.scoring import base_verifier, verifier_of
 
     cands = lake.read("candidates", run_id, iteration, stage)
     rewards = lake.read("rewards", run_id, iteration, stage)
@@ -379,7 +391,6 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
     from bstar.models.prm import roc_auc, scorer_from_options, split_steps
     from bstar.models.sampling import get_sampler, seed_for
     from bstar.tasks.sampling import sampler_options
-    from bstar.tasks.scoring import base_verifier
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)

@@ -1,8 +1,11 @@
 """Stage: sample K candidates per query from a policy checkpoint and store them in `candidates`.
 
-One part file per (query subset, temperature) (`part-search-t0.7`), so the search stage, which samples the same
-queries at every grid temperature, stays one resumable unit with deterministic output names.
-`sample_idx` is unique per (query, stage): temperature index * K + j.
+Parts per (query subset, temperature), one per chunk of the subset's queries
+(`part-search-t0.7-c00000`; a chunk holds about `storage.chunk_rows` candidates), so the search
+stage, which samples the same queries at every grid temperature, stays one resumable unit with
+deterministic output names, and a stage holds one chunk's responses in memory, not all of them.
+Candidates do not depend on the chunking (per-sample seeds). `sample_idx` is unique per
+(query, stage): temperature index * K + j.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 
 import polars as pl
 
-from bstar.tasks.common import lake_of, load_cfg, stage_task
+from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, stage_task
 from bstar.tasks.data import subset_frame
 from bstar.tasks.prompts import render_prompts
 
@@ -41,37 +44,46 @@ def sample_candidates(
     frame = subset_frame(cfg, run_id, subset, iteration)
     s = cfg.sampling
     qids = frame["query_id"].to_list()
+    per_chunk = max(1, cfg.storage.chunk_rows // max(k, 1))  # queries per part
     n = 0
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
         prompts = render_prompts(cfg, frame, sampler.tokenizer)
         for t_idx, temperature in enumerate(temperatures):
-            outs = sample_with_backoff(
-                sampler,
-                prompts,
-                k=k,
-                temperature=temperature,
-                top_p=s.top_p if temperature > 0 else 1.0,
-                max_new_tokens=s.max_new_tokens,
-                seeds=[seed_for(q) for q in qids],
-                # the config's seeds decide every draw; the run id is only a name, so the same config
-                # under another run id (a rerun, another arm of a comparison) draws the same samples
-                base_seed=seed_for(cfg.seed, s.seed, iteration, stage, temperature),
-                stop=s.stop,
-                first_sample_idx=t_idx * k,
-            )
-            rows = pl.DataFrame(
-                {
-                    "query_id": [q for q, o in zip(qids, outs) for _ in o],
-                    "sample_idx": [x.sample_idx for o in outs for x in o],
-                    "temperature": float(temperature),
-                    "policy": policy,
-                    "response": [x.text for o in outs for x in o],
-                    "n_tokens": [x.n_tokens for o in outs for x in o],
-                    "finish_reason": [x.finish_reason for o in outs for x in o],
-                }
-            )
-            lake.write("candidates", rows, run_id, iteration, stage, part=part_name(subset, temperature))
-            n += rows.height
+            base, written = part_name(subset, temperature), set()
+            # an empty subset still writes one (empty) part: the stage ran
+            for c, lo in enumerate(range(0, max(len(qids), 1), per_chunk)):
+                chunk_qids = qids[lo : lo + per_chunk]
+                outs = [] if not chunk_qids else sample_with_backoff(
+                    sampler,
+                    prompts[lo : lo + per_chunk],
+                    k=k,
+                    temperature=temperature,
+                    top_p=s.top_p if temperature > 0 else 1.0,
+                    max_new_tokens=s.max_new_tokens,
+                    seeds=[seed_for(q) for q in chunk_qids],
+                    # the config's seeds decide every draw; the run id is only a name, so the same config
+                    # under another run id (a rerun, another arm of a comparison) draws the same samples
+                    base_seed=seed_for(cfg.seed, s.seed, iteration, stage, temperature),
+                    stop=s.stop,
+                    first_sample_idx=t_idx * k,
+                )
+                rows = pl.DataFrame(
+                    {
+                        "query_id": [q for q, o in zip(chunk_qids, outs) for _ in o],
+                        "sample_idx": [x.sample_idx for o in outs for x in o],
+                        "temperature": float(temperature),
+                        "policy": policy,
+                        "response": [x.text for o in outs for x in o],
+                        "n_tokens": [x.n_tokens for o in outs for x in o],
+                        "finish_reason": [x.finish_reason for o in outs for x in o],
+                    }
+                )
+                del outs
+                lake.write("candidates", rows, run_id, iteration, stage, part=chunk_part(base, c))
+                written.add(chunk_part(base, c))
+                n += rows.height
+            # a rerun with another chunk size (or an older lake's single part) leaves no extra rows
+            lake.prune_parts("candidates", run_id, iteration, stage, chunk_parts_re(base), written)
     return {"stage": stage, "iteration": iteration, "candidates": n, "queries": frame.height}
 
 

@@ -1,100 +1,126 @@
 """Stage: score stored candidates with a verifier and store one `rewards` row per candidate.
 
-Rewards are keyed by scorer and written to their own part (`part-<scorer>`), so stored
-candidates can be re-scored with another verifier or PRM without sampling again, and a
-scorer failure is stored as a status (`timeout`, `error`, ...), never as a silent zero.
+Rewards are keyed by scorer and written to their own parts (`part-<scorer>-cNNNNN`, one per
+chunk of `storage.chunk_rows` candidates), so stored candidates can be re-scored with another
+verifier or PRM without sampling again, and a scorer failure is stored as a status (`timeout`,
+`error`, ...), never as a silent zero.
+
+Bounded and deduplicated: the stage reads, grades and writes one chunk at a time (a query's
+candidates stay in one chunk), and grades each distinct answer of a query once
+(`bstar.verifiers.distinct`): the result says how many grader calls that took.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
+
 import polars as pl
 
-from bstar.tasks.common import lake_of, load_cfg, stage_task
+from bstar.tasks.common import chunk_parts_re, lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, read_queries
-from bstar.verifiers.base import SCORER_FAILURES
+from bstar.tasks.scorers import PRM_SUFFIX, base_verifier, rewards_part, verifier_of
+from bstar.verifiers.distinct import VerdictCache, verify_distinct
+
+__all__ = ["PRM_SUFFIX", "base_verifier", "rewards_part", "score_candidates", "verifier_of", "verify_frame"]
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS = ["query_id", "sample_idx", "policy", "response"]
 
 
-PRM_SUFFIX = "+prm"
-
-
-def verifier_of(cfg) -> str:
-    """The run's scorer: `reward.verifier`, else the training dataset's verifier; with
-    `reward.kind: answer+prm` the name gets `+prm` (e.g. `arith+prm`)."""
-    return base_verifier(cfg) + (PRM_SUFFIX if cfg.reward.kind == "answer+prm" else "")
-
-
-def rewards_part(scorer: str) -> str:
-    """A scorer's own part of `rewards` (part names allow no `+`: `arith+prm` -> `part-arith_prm`)."""
-    return "part-" + scorer.replace("+", "_")
-
-
-def base_verifier(cfg) -> str:
-    """The answer verifier alone (no PRM suffix)."""
-    from bstar.datasets import DATASET_VERIFIERS
-
-    ds = cfg.data.train
-    if cfg.reward.verifier:
-        return cfg.reward.verifier
-    if ds.verifier:
-        # a dotted-path verifier is registered under the dataset's name when the rows are loaded
-        return ds.name if ":" in ds.verifier else ds.verifier
-    return DATASET_VERIFIERS.get(ds.name, ds.name)
-
-
-def verify_frame(scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float | None) -> pl.DataFrame:
-    """Verdicts for rows with `response` and `answer`, as reward columns (answer-only reward).
-    `timeout_s` None: the verifier's own per-item limit."""
-    from bstar.verifiers import verify_many
-
-    verdicts = verify_many(
-        scorer, list(zip(frame["response"].to_list(), frame["answer"].to_list())), workers=workers, timeout=timeout_s
-    )
-    failed = [v.status in SCORER_FAILURES for v in verdicts]
-    correct = [None if f else bool(v.correct) for v, f in zip(verdicts, failed)]
-    return frame.select("query_id", "sample_idx").with_columns(
+def verify_frame(
+    scorer: str, frame: pl.DataFrame, workers: int, timeout_s: float | None, cache: VerdictCache | None = None
+) -> pl.DataFrame:
+    """Reward rows (answer-only reward) for rows with `response` and `answer`, each distinct
+    answer graded once. `timeout_s` None: the verifier's own per-item limit."""
+    verdicts = verify_distinct(scorer, frame, cache if cache is not None else VerdictCache(), workers=workers,
+                               timeout=timeout_s)
+    return verdicts.select(
+        "query_id",
+        "sample_idx",
         pl.lit(scorer).alias("scorer"),
-        pl.Series("correct", correct, dtype=pl.Boolean),
-        pl.Series("extracted", [v.extracted for v in verdicts], dtype=pl.String),
-        pl.Series("status", [v.status for v in verdicts], dtype=pl.String),
+        "correct",
+        "extracted",
+        "status",
         pl.lit(None, dtype=pl.List(pl.Float64)).alias("step_scores"),
         pl.lit(None, dtype=pl.Float64).alias("prm"),
         # 1[correct]; a scorer failure has no reward rather than a fake 0
-        pl.Series("reward", [None if c is None else float(c) for c in correct], dtype=pl.Float64),
+        pl.col("correct").cast(pl.Float64).alias("reward"),
+    )
+
+
+def answer_frame(cfg, run_id: str, verifier: str) -> pl.DataFrame:
+    """query_id -> the gold answer in the form `verifier` takes."""
+    from bstar.datasets import answer_for_verifier
+
+    queries = read_queries(cfg, run_id).unique("query_id", keep="first")
+    return pl.DataFrame(
+        {"query_id": queries["query_id"], "answer": [answer_for_verifier(r, verifier) for r in as_rows(queries)]},
+        schema={"query_id": pl.String, "answer": pl.String},
     )
 
 
 @stage_task
 def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_json: str) -> dict:
     """Verify every candidate of (run, iteration, stage) with `scorer`; write `rewards`."""
-    from bstar.datasets import answer_for_verifier
-
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
-    cands = lake.read("candidates", run_id, iteration, stage)
-    queries = read_queries(cfg, run_id).unique("query_id", keep="first")
-    verifier = scorer.removesuffix(PRM_SUFFIX)
-    answers = pl.DataFrame(
-        {"query_id": queries["query_id"], "answer": [answer_for_verifier(r, verifier) for r in as_rows(queries)]}
-    )
-    frame = cands.join(answers, on="query_id", how="left")
-    if frame["answer"].null_count():
-        missing = frame.filter(pl.col("answer").is_null())["query_id"][0]
-        raise ValueError(f"candidate for query {missing!r} has no stored query/answer in run {run_id}")
     verifier, with_prm = scorer.removesuffix(PRM_SUFFIX), scorer.endswith(PRM_SUFFIX)
-    rewards = verify_frame(verifier, frame, cfg.reward.verify_workers, cfg.reward.verify_timeout_s)
+    answers = answer_frame(cfg, run_id, verifier)
+    cache = VerdictCache()
+    written: dict[str, set[str]] = {verifier: set(), scorer: set()}
+    status: dict[str, int] = {}
+    correct = 0
     if with_prm:
-        # reward = 1[correct] + prm (DESIGN.md §1); the answer-only rows go beside them (part-<verifier>)
-        # so metrics can rank by either
-        lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(verifier))
-        from bstar.tasks.prm import add_prm_scores
+        from bstar.tasks.prm import prm_rewarder
 
-        rewards = add_prm_scores(cfg, run_id, frame, rewards, scorer)
-    lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(scorer))
-    counts = rewards.group_by("status").len().sort("status")
+        rewarder = prm_rewarder(cfg, run_id)
+    else:
+        rewarder = nullcontext()
+    chunks = lake.iter_read("candidates", run_id, iteration, stage, rows=cfg.storage.chunk_rows,
+                            columns=CANDIDATE_COLUMNS, whole="query_id")
+    with rewarder as add_prm:
+        c = -1
+        for c, cands in enumerate(chunks):
+            frame = cands.join(answers, on="query_id", how="left")
+            if frame["answer"].null_count():
+                missing = frame.filter(pl.col("answer").is_null())["query_id"][0]
+                raise ValueError(f"candidate for query {missing!r} has no stored query/answer in run {run_id}")
+            rewards = verify_frame(verifier, frame, cfg.reward.verify_workers, cfg.reward.verify_timeout_s, cache)
+            if with_prm:
+                # reward = 1[correct] + prm (DESIGN.md §1); the answer-only rows go beside them
+                # (part-<verifier>-c...) so metrics can rank by either
+                lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(verifier, c))
+                written[verifier].add(rewards_part(verifier, c))
+                rewards = add_prm(frame, rewards, scorer)
+            lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(scorer, c))
+            written[scorer].add(rewards_part(scorer, c))
+            correct += int(rewards["correct"].sum() or 0)
+            for s, n in rewards.group_by("status").len().iter_rows():
+                status[s] = status.get(s, 0) + n
+        if c < 0:  # no candidates: an empty part still records that the stage was scored
+            lake.write("rewards", verify_frame(verifier, _empty_frame(), 1, None), run_id, iteration, stage,
+                       part=rewards_part(scorer, 0))
+            written[scorer].add(rewards_part(scorer, 0))
+    # a rerun with another chunk size (or an older lake's single part) must not leave extra rows
+    for name, parts in written.items():
+        if parts:
+            lake.prune_parts("rewards", run_id, iteration, stage, chunk_parts_re(rewards_part(name)), parts)
+    log.info("%s %s: %d candidates (%d distinct responses), %d grader calls", stage, scorer, cache.candidates,
+             cache.distinct_responses, cache.verified)
     return {
         "stage": stage,
         "scorer": scorer,
-        "scored": rewards.height,
-        "correct": int(rewards["correct"].sum() or 0),
-        "status": dict(zip(counts["status"].to_list(), counts["len"].to_list())),
+        "scored": cache.candidates,
+        "correct": correct,
+        "status": dict(sorted(status.items())),
+        "verifications": cache.verified,
+        "distinct_responses": cache.distinct_responses,
+        "chunks": c + 1,
     }
+
+
+def _empty_frame() -> pl.DataFrame:
+    return pl.DataFrame(schema={"query_id": pl.String, "sample_idx": pl.Int32, "response": pl.String,
+                                "answer": pl.String})

@@ -123,6 +123,11 @@ def extract_final(response) -> str | None:
     return str(int(m.group(1)))
 
 
+def answer_key(response, answer) -> str | None:
+    """What `verify_arith`'s verdict depends on besides the gold answer (without `question=`)."""
+    return extract_final(response)
+
+
 def verify_arith(response, answer, question: str | None = None) -> Verdict:
     """Correct when the integer after `####` equals `answer`. `question` adds a step summary."""
     extracted = extract_final(response)

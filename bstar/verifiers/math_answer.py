@@ -144,6 +144,12 @@ def _quiet_math_verify_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def answer_key(response, answer) -> str | None:
+    """What `verify_math`'s verdict depends on besides the gold answer: the extracted answer text
+    (graded once per distinct text, which is where math-verify's cost goes)."""
+    return extract_answer(response)
+
+
 def verify_math(response, answer, soft_timeout: float | None = DEFAULT_SOFT_TIMEOUT) -> Verdict:
     pred = extract_answer(response)
     if pred is None:

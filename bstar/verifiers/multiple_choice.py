@@ -131,6 +131,19 @@ def extract_label(response, labels: list[str], choices: list[str] | None = None)
     return to_label(token, labels), token
 
 
+def answer_key(response, answer) -> str | None:
+    """What `verify_multiple_choice`'s verdict depends on besides the gold answer: the label, or
+    (no label) the unreadable token it reports."""
+    try:
+        _, labels, choices = parse_answer(answer)
+    except (ValueError, TypeError):
+        return None  # a bad answer spec: the same error verdict for every response
+    label, raw = extract_label(response, labels, choices)
+    if label is not None:
+        return "label:" + label
+    return None if raw is None else "raw:" + raw
+
+
 def verify_multiple_choice(response, answer) -> Verdict:
     try:
         gold, labels, choices = parse_answer(answer)

@@ -32,12 +32,25 @@ class VerifierSpec:
     timeout: float = 10.0  # default hard limit per item in verify_many (seconds)
     preflight: str | Callable | None = None  # called once with the options before a batch
     description: str = ""
+    # `key(response, answer) -> str | None`, for verifiers whose verdict is a function of the
+    # answer they extract (and the gold answer) alone: responses of one query with the same key
+    # share one verdict, so a stage grades each distinct answer once (bstar.verifiers.distinct).
+    # Cheap and pure (it runs in the caller's process); None for verifiers that read the whole
+    # response (step checks, programs).
+    answer_key: str | Callable | None = None
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def function(self) -> Callable:
         if "fn" not in self._resolved:
             self._resolved["fn"] = resolve(self.target)
         return self._resolved["fn"]
+
+    def key_function(self) -> Callable | None:
+        if self.answer_key is None:
+            return None
+        if "key" not in self._resolved:
+            self._resolved["key"] = resolve(self.answer_key)
+        return self._resolved["key"]
 
     def run_preflight(self, options: dict) -> None:
         if self.preflight is not None:
@@ -77,14 +90,17 @@ def register_verifier(
     timeout: float = 10.0,
     preflight: str | Callable | None = None,
     description: str = "",
+    answer_key: str | Callable | None = None,
     replace: bool = False,
 ) -> VerifierSpec:
-    """Add a verifier `fn(response, answer, **options) -> Verdict` (or -> bool) under `name`."""
+    """Add a verifier `fn(response, answer, **options) -> Verdict` (or -> bool) under `name`.
+    `answer_key(response, answer) -> str | None` declares it answer-only: its verdict depends on
+    that key (the extracted answer) and `answer` alone, so a stage grades each distinct key once."""
     if not name or not isinstance(name, str):
         raise ValueError(f"verifier name must be a non-empty string, got {name!r}")
     if isinstance(target, str) and ":" not in target:
         raise ValueError(f"verifier {name!r}: expected 'package.module:function', got {target!r}")
-    spec = VerifierSpec(name, target, isolate, float(timeout), preflight, description)
+    spec = VerifierSpec(name, target, isolate, float(timeout), preflight, description, answer_key)
     with _LOCK:
         old = _REGISTRY.get(name)
         if old is not None and not replace and old.target != target:
@@ -130,23 +146,33 @@ def call_verifier(fn: Callable, response, answer, options: dict) -> Verdict:
 
 # Built-ins. The hard timeouts are per item in verify_many; the code verifier's default is its
 # per-problem budget plus room for the sandbox to start and report.
-register_verifier("arith", "bstar.verifiers.arith:verify_arith", timeout=5.0, description="#### integer")
+# Answer-only verifiers name their extraction (`answer_key`); arith-steps and code read the whole
+# response and are graded once per distinct response instead.
+register_verifier(
+    "arith", "bstar.verifiers.arith:verify_arith", timeout=5.0, description="#### integer",
+    answer_key="bstar.verifiers.arith:answer_key",
+)
 register_verifier(
     "arith-steps", "bstar.verifiers.arith:verify_arith_steps", timeout=5.0, description="#### integer, every step right"
 )
-register_verifier("gsm8k", "bstar.verifiers.gsm8k:verify_gsm8k", timeout=5.0, description="GSM8K number")
+register_verifier(
+    "gsm8k", "bstar.verifiers.gsm8k:verify_gsm8k", timeout=5.0, description="GSM8K number",
+    answer_key="bstar.verifiers.gsm8k:answer_key",
+)
 register_verifier(
     "math",
     "bstar.verifiers.math_answer:verify_math",
     isolate=True,
     timeout=10.0,
     description="\\boxed{} / # Answer via math-verify",
+    answer_key="bstar.verifiers.math_answer:answer_key",
 )
 register_verifier(
     "multiple_choice",
     "bstar.verifiers.multiple_choice:verify_multiple_choice",
     timeout=5.0,
     description="answer label through the item's label list",
+    answer_key="bstar.verifiers.multiple_choice:answer_key",
 )
 register_verifier(
     "code",
