@@ -139,7 +139,8 @@ class DataConfig(Strict):
 class SamplingConfig(Strict):
     """How candidates are drawn. `temperature` is the fixed one used by non-searching methods."""
 
-    backend: Literal["transformers", "vllm"] = "transformers"
+    # `transformers`, `vllm`, or a backend registered with bstar.models.sampling.register_sampler
+    backend: str = "transformers"
     k: PositiveInt = 8
     temperature: Temperature = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -150,6 +151,16 @@ class SamplingConfig(Strict):
     tensor_parallel_size: PositiveInt = 1
     data_parallel_size: PositiveInt = 1
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from bstar.models.sampling import sampler_backends
+
+        if v not in sampler_backends():
+            raise ValueError(f"unknown sampler backend {v!r}; known: {', '.join(sampler_backends())} "
+                             "(others are added with bstar.models.sampling.register_sampler)")
+        return v
 
 
 def _paper_temperatures() -> list[float]:

@@ -43,6 +43,9 @@ import polars as pl
 __all__ = [
     "GRID_COLUMNS",
     "balance_grid",
+    "balance_grid_of_distinct",
+    "distinct_responses",
+    "merge_distinct",
     "choose_config",
     "mark_chosen",
     "n_star",
@@ -153,39 +156,74 @@ def balance_grid(
     Thresholds are deduplicated and sorted; they are used exactly as given (use
     :func:`threshold_grid` to avoid float-step surprises). ``n_star`` must be > 0.
     """
+    return balance_grid_of_distinct(distinct_responses(scored), thresholds, n_star)
+
+
+_KEY_SEEDS = (0x6B5F_3A21, 0x1D2C_9E47)
+
+
+def distinct_responses(scored: pl.DataFrame, *, hashed: bool = False) -> pl.DataFrame:
+    """The candidates reduced to one row per distinct (temperature, query, response text): the best
+    reward of any copy (``r_any``) and of a correct copy (``r_ok``, null when no copy is correct).
+
+    ``hashed=True`` keys each text by two independent 64-bit hashes (``k1``, ``k2``) instead of
+    the text itself, so a stage that reads its candidates chunk by chunk keeps 16 bytes per
+    distinct response between chunks, not the response (:func:`merge_distinct`; two different
+    texts of one query collide with probability about 2^-128)."""
     _require(scored, ("query_id", "temperature", "response", "correct", "reward"), "balance_grid")
-    if not n_star > 0:
-        raise ValueError(f"n_star must be > 0, got {n_star}")
-    thr = _thresholds_array(thresholds)
-    n_thr = len(thr)
     if scored["temperature"].null_count():
         raise ValueError("balance_grid: column 'temperature' has null values")
-    if scored.height == 0 or n_thr == 0:
-        return pl.DataFrame(schema=_GRID_SCHEMA)
-
     reward = pl.col("reward").cast(pl.Float64)
     reward = pl.when(reward.is_nan()).then(None).otherwise(reward)
     correct = pl.col("correct").cast(pl.Boolean).fill_null(False)
-    distinct = (
+    keys = [response_key().hash(seed).alias(f"k{i + 1}") for i, seed in enumerate(_KEY_SEEDS)] if hashed else [
+        response_key().alias("key")]
+    return (
         scored.lazy()
         .select(
             pl.col("temperature").cast(pl.Float64),
-            pl.col("query_id"),
-            response_key().alias("key"),
+            pl.col("query_id").cast(pl.String),
+            *keys,
             reward.alias("r_any"),
             # the reward of a correct copy, null for an incorrect one (cheaper than filter-in-agg)
             pl.when(correct).then(reward).alias("r_ok"),
         )
-        .group_by("temperature", "query_id", "key")
+        .group_by("temperature", "query_id", *[k.meta.output_name() for k in keys])
         .agg(pl.col("r_any").max(), pl.col("r_ok").max())
-        .sort("temperature", "query_id")
-        .select(
-            "temperature",
-            pl.struct("temperature", "query_id").rle_id().alias("g"),
-            "r_any",
-            "r_ok",
-        )
         .collect()
+    )
+
+
+def merge_distinct(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """`distinct_responses(..., hashed=True)` of several chunks of one stage, as one: a text seen
+    in two chunks is one distinct response, with the best rewards of both."""
+    if not parts:
+        return pl.DataFrame(schema={"temperature": pl.Float64, "query_id": pl.String, "k1": pl.UInt64,
+                                    "k2": pl.UInt64, "r_any": pl.Float64, "r_ok": pl.Float64})
+    return (
+        pl.concat(parts)
+        .group_by("temperature", "query_id", "k1", "k2")
+        .agg(pl.col("r_any").max(), pl.col("r_ok").max())
+    )
+
+
+def balance_grid_of_distinct(
+    distinct: pl.DataFrame,
+    thresholds: Sequence[float] | np.ndarray,
+    n_star: float,
+) -> pl.DataFrame:
+    """:func:`balance_grid` from :func:`distinct_responses` (or :func:`merge_distinct`) rows."""
+    if not n_star > 0:
+        raise ValueError(f"n_star must be > 0, got {n_star}")
+    thr = _thresholds_array(thresholds)
+    n_thr = len(thr)
+    if distinct.height == 0 or n_thr == 0:
+        return pl.DataFrame(schema=_GRID_SCHEMA)
+    distinct = distinct.sort("temperature", "query_id").select(
+        "temperature",
+        pl.struct("temperature", "query_id").rle_id().alias("g"),
+        "r_any",
+        "r_ok",
     )
 
     g = distinct["g"].to_numpy().astype(np.int64)

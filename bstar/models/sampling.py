@@ -92,6 +92,11 @@ def register_sampler(name: str, factory: Callable[..., Sampler]) -> None:
     _REGISTRY[name] = factory
 
 
+def sampler_backends() -> list[str]:
+    """Backend names `sampling.backend` accepts: the built-ins and every registered one."""
+    return sorted(set(_REGISTRY) | {"transformers", "vllm"})
+
+
 def get_sampler(backend: str, model_path: str, **opts) -> Sampler:
     """A sampler by backend name ('transformers', 'vllm', or one registered later)."""
     if backend == "vllm" and "vllm" not in _REGISTRY:
@@ -101,7 +106,7 @@ def get_sampler(backend: str, model_path: str, **opts) -> Sampler:
     try:
         factory = _REGISTRY[backend]
     except KeyError:
-        raise ValueError(f"unknown sampler backend {backend!r}; known: {sorted(set(_REGISTRY) | {'vllm'})}") from None
+        raise ValueError(f"unknown sampler backend {backend!r}; known: {sampler_backends()}") from None
     return factory(model_path, **opts)
 
 

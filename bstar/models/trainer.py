@@ -145,22 +145,31 @@ def examples_digest(examples: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize_examples(tokenizer, examples: list[tuple[str, str]], max_length: int | None = None):
-    """Per example: input ids (prompt + response + EOS) and labels (-100 on the prompt)."""
+def tokenize_examples(tokenizer, examples: list[tuple[str, str]], max_length: int | None = None,
+                      batch: int = 1024):
+    """Per example: input ids (prompt + response + EOS) and labels (-100 on the prompt), as int32
+    numpy arrays, truncated to `max_length`. Tokenized `batch` examples at a time, so a round of
+    hundreds of thousands of selected responses never holds the tokenizer's full batch output
+    (Python lists of every token) at once: 4 bytes a token is what stays."""
+    import numpy as np
+
     from bstar.models.loading import encode_prompts
 
-    prompt_ids = encode_prompts(tokenizer, [p for p, _ in examples])
-    resp_ids = tokenizer([r for _, r in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     out = []
     truncated = 0
-    for p, r in zip(prompt_ids, resp_ids):
-        ids = list(p) + list(r) + [eos]
-        labels = [IGNORE] * len(p) + list(r) + [eos]
-        if max_length and len(ids) > max_length:
-            ids, labels = ids[:max_length], labels[:max_length]
-            truncated += 1
-        out.append((ids, labels))
+    for lo in range(0, len(examples), batch):
+        part = examples[lo : lo + batch]
+        prompt_ids = encode_prompts(tokenizer, [p for p, _ in part])
+        resp_ids = tokenizer([r for _, r in part], add_special_tokens=False)["input_ids"]
+        for p, r in zip(prompt_ids, resp_ids):
+            ids = np.array([*p, *r, eos], dtype=np.int32)
+            labels = ids.copy()
+            labels[: len(p)] = IGNORE
+            if max_length and len(ids) > max_length:
+                ids, labels = ids[:max_length].copy(), labels[:max_length].copy()
+                truncated += 1
+            out.append((ids, labels))
     if truncated:
         log.warning("%d of %d examples truncated to %d tokens", truncated, len(examples), max_length)
     return out
@@ -209,8 +218,8 @@ def collate(items, pad_id: int, device):
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
     labels = torch.full((len(items), n), IGNORE, dtype=torch.long)
     for i, (x, y) in enumerate(items):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
+        ids[i, : len(x)] = torch.as_tensor(x)
+        labels[i, : len(y)] = torch.as_tensor(y)
     return ids.to(device), labels.to(device)
 
 
@@ -490,7 +499,7 @@ class SFTRecipe:
                    disable=not (self.progress and acc.is_main_process))
         while st.step < end_step:
             idx = batch_indices(st.step, st.round_start, len(data), self.batch_size, self.seed)
-            n_tok = sum(sum(1 for t in data[i][1][1:] if t != IGNORE) for i in idx)
+            n_tok = sum(int((data[i][1][1:] != IGNORE).sum()) for i in idx)
             loss_acc = torch.zeros((), device=acc.device)
             for m in range(self.grad_accum):
                 chunk = idx[m * micro * world : (m + 1) * micro * world][rank * micro : (rank + 1) * micro]

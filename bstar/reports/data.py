@@ -57,12 +57,13 @@ ORDER BY run_id, iteration, query_id
 """
 
 # best / worst sampled training responses by reward, per run, round and scorer (rewards of
-# different scorers are on different scales, e.g. answer-only vs answer + PRM); ties: query, sample
+# different scorers are on different scales, e.g. answer-only vs answer + PRM); ties: query, sample.
+# Ranked on the rewards alone; only the picked rows' responses are read (a paper-sized round's
+# train stage holds ~1 GB of response text).
 _EXAMPLES_SQL = """
 WITH s AS (
-    SELECT run_id, iteration, query_id, sample_idx, temperature, scorer, correct, status,
-           reward, response
-    FROM scored
+    SELECT run_id, iteration, query_id, sample_idx, scorer, correct, status, reward
+    FROM rewards
     WHERE stage = 'train' AND reward IS NOT NULL AND NOT isnan(reward)
       AND list_contains($run_ids, run_id)
 ),
@@ -81,15 +82,23 @@ picked AS (
     SELECT 'worst' AS kind, worst_rank AS rank, * EXCLUDE (best_rank, worst_rank)
     FROM ranked WHERE worst_rank <= $n
 ),
+texts AS (
+    SELECT c.run_id, c.iteration, c.query_id, c.sample_idx, c.temperature, c.response
+    FROM candidates AS c
+    SEMI JOIN picked AS p USING (run_id, iteration, query_id, sample_idx)
+    WHERE c.stage = 'train' AND list_contains($run_ids, c.run_id)
+),
 prompts AS (
     SELECT run_id, query_id, any_value(prompt) AS prompt, any_value(answer) AS answer
     FROM queries
     WHERE list_contains($run_ids, run_id)
     GROUP BY run_id, query_id
 )
-SELECT p.run_id, p.iteration, p.kind, p.rank, p.query_id, p.sample_idx, p.temperature,
-       p.scorer, p.correct, p.status, p.reward, q.prompt, q.answer, p.response
-FROM picked AS p LEFT JOIN prompts AS q USING (run_id, query_id)
+SELECT p.run_id, p.iteration, p.kind, p.rank, p.query_id, p.sample_idx, t.temperature,
+       p.scorer, p.correct, p.status, p.reward, q.prompt, q.answer, t.response
+FROM picked AS p
+JOIN texts AS t USING (run_id, iteration, query_id, sample_idx)
+LEFT JOIN prompts AS q USING (run_id, query_id)
 ORDER BY p.run_id, p.iteration, p.scorer, p.kind, p.rank
 """
 

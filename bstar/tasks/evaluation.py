@@ -77,8 +77,7 @@ def round_monitoring(lake, cfg, run_id: str, iteration: int, scorer: str) -> pl.
       solutions trained on beside them), `policy_kept`: 1 when the round had nothing to train on
       and kept its starting policy (in `restart` mode, the initial one).
     """
-    from bstar.algorithms import balance_grid
-    from bstar.tasks.selection import scored_frame
+    from bstar.tasks.selection import stage_balance_grid
 
     values: dict[str, float | None] = {}
     threshold = cfg.search_plan()["thresholds"][0]
@@ -87,8 +86,7 @@ def round_monitoring(lake, cfg, run_id: str, iteration: int, scorer: str) -> pl.
         values["search_balance_score"] = chosen["balance_score"][0]
         threshold = chosen["threshold"][0]
     if cfg.self_generated and lake.exists("rewards", run_id, iteration, "train"):
-        train = scored_frame(lake, run_id, iteration, "train", scorer)
-        grid = balance_grid(train, [threshold], cfg.selection.target_per_query)
+        grid = stage_balance_grid(lake, cfg, run_id, iteration, "train", scorer, [threshold])
         values["balance_score"] = grid["balance_score"].mean()  # one temperature, one threshold
     if lake.exists("selections", run_id, iteration, "train"):
         sel = lake.read("selections", run_id, iteration, "train")

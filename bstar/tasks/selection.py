@@ -10,12 +10,30 @@ import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
 
+SCORED_SCHEMA = {"query_id": pl.String, "sample_idx": pl.Int32, "temperature": pl.Float64, "response": pl.String,
+                 "correct": pl.Boolean, "reward": pl.Float64, "status": pl.String}
 SELECTION_SCHEMA = {"query_id": pl.String, "sample_idx": pl.Int32, "reward": pl.Float64, "temperature": pl.Float64,
                     "response": pl.String}
 
 
+def scored_chunks(lake, run_id: str, iteration: int, stage: str, scorer: str, *, rows: int,
+                  columns: tuple[str, ...] = ("query_id", "sample_idx", "temperature", "response")):
+    """Candidates of one stage joined with one scorer's rewards (the `scored` view), `rows`
+    candidates at a time (a query's candidates of one part stay together): what a stage holds at
+    once is one chunk's responses, however large the stage."""
+    rewards = lake.read("rewards", run_id, iteration, stage,
+                        columns=["query_id", "sample_idx", "scorer", "correct", "reward", "status"])
+    rewards = rewards.filter(pl.col("scorer") == scorer).drop("scorer")
+    if rewards.is_empty():
+        raise ValueError(f"no rewards from scorer {scorer!r} for run {run_id} iteration {iteration} stage {stage}")
+    for cands in lake.iter_read("candidates", run_id, iteration, stage, rows=rows, columns=list(columns),
+                                whole="query_id"):
+        yield cands.join(rewards, on=["query_id", "sample_idx"], how="inner").with_columns(
+            pl.col("correct").fill_null(False))
+
+
 def scored_frame(lake, run_id: str, iteration: int, stage: str, scorer: str) -> pl.DataFrame:
-    """Candidates of one stage joined with one scorer's rewards (the `scored` view, in polars)."""
+    """Candidates of one stage joined with one scorer's rewards, all at once (small stages: eval)."""
     cands = lake.read("candidates", run_id, iteration, stage)
     rewards = lake.read("rewards", run_id, iteration, stage).filter(pl.col("scorer") == scorer)
     if rewards.is_empty():
@@ -27,18 +45,27 @@ def scored_frame(lake, run_id: str, iteration: int, stage: str, scorer: str) -> 
     ).with_columns(pl.col("correct").fill_null(False))
 
 
+def stage_balance_grid(lake, cfg, run_id: str, iteration: int, stage: str, scorer: str, thresholds) -> pl.DataFrame:
+    """`balance_grid` of one stage's candidates, read chunk by chunk: each chunk is reduced to its
+    distinct responses (hashed) before the next is read."""
+    from bstar.algorithms import balance_grid_of_distinct, distinct_responses, merge_distinct
+
+    parts = [distinct_responses(c, hashed=True)
+             for c in scored_chunks(lake, run_id, iteration, stage, scorer, rows=cfg.storage.chunk_rows)]
+    return balance_grid_of_distinct(merge_distinct(parts), thresholds, cfg.selection.target_per_query)
+
+
 @stage_task
 def search_config(
     run_id: str, iteration: int, scorer: str, thresholds: list[float], fixed: dict, cfg_json: str
 ) -> dict:
     """Balance score of every (t, τ) cell; argmax (ties: smaller t, then larger τ). `fixed` pins
     the temperature or threshold for the ablations."""
-    from bstar.algorithms import balance_grid, choose_config, mark_chosen
+    from bstar.algorithms import choose_config, mark_chosen
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
-    scored = scored_frame(lake, run_id, iteration, "search", scorer)
-    grid = balance_grid(scored, thresholds, cfg.selection.target_per_query)
+    grid = stage_balance_grid(lake, cfg, run_id, iteration, "search", scorer, thresholds)
     chosen = choose_config(grid, temperature=fixed.get("temperature"), threshold=fixed.get("threshold"))
     lake.write("search", mark_chosen(grid, chosen), run_id, iteration)
     return {k: (float(v) if isinstance(v, float) else v) for k, v in chosen.items()}
@@ -51,7 +78,11 @@ def select_data(run_id: str, iteration: int, scorer: str, threshold: float, cfg_
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
-    scored = scored_frame(lake, run_id, iteration, "train", scorer).filter(pl.col("reward").is_not_null())
+    # only what passes τ is kept from each chunk; the selection itself runs once over those rows
+    passing = pl.col("reward").is_not_null() & ~pl.col("reward").is_nan() & (pl.col("reward") > float(threshold))
+    chunks = [c.filter(passing) for c in scored_chunks(lake, run_id, iteration, "train", scorer,
+                                                        rows=cfg.storage.chunk_rows)]
+    scored = pl.concat(chunks) if chunks else pl.DataFrame(schema=SCORED_SCHEMA)
     kept = select_training_data(scored, threshold, max_per_query=cfg.selection.max_per_query)
     rows = kept.select("query_id", "sample_idx", "reward", "temperature", "response").cast(SELECTION_SCHEMA)
     gold = gold_rows(cfg, run_id) if cfg.selection.include_gold else rows.clear()

@@ -131,9 +131,12 @@ def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: 
         # Nothing passed the threshold: the round keeps its starting policy rather than failing.
         lake.write("checkpoints", [{"step": _step_of(start), "path": start, "mode": mode}], run_id, iteration)
         return {"policy": start, "step": _step_of(start), "examples": 0}
-    rows = selected.join(read_queries(cfg, run_id, "train"), on="query_id").sort("query_id", "sample_idx")
-    # rendered with the tokenizer of the checkpoint being trained: the prompt tokens the sampler saw
-    examples = list(zip(render_prompts(cfg, rows, start), rows["response"].to_list()))
+    selected = selected.sort("query_id", "sample_idx")
+    queries = read_queries(cfg, run_id, "train").filter(pl.col("query_id").is_in(selected["query_id"].unique()))
+    # rendered with the tokenizer of the checkpoint being trained: the prompt tokens the sampler saw;
+    # once per query, so the examples of one query share one prompt string
+    prompt_of = dict(zip(queries["query_id"].to_list(), render_prompts(cfg, queries, start)))
+    examples = [(prompt_of[q], r) for q, r in zip(selected["query_id"].to_list(), selected["response"].to_list())]
     info = train_sft(
         examples,
         start,

@@ -12,8 +12,11 @@ import pytest
 
 from bstar.algorithms import (
     balance_grid,
+    balance_grid_of_distinct,
     choose_config,
+    distinct_responses,
     mark_chosen,
+    merge_distinct,
     n_star,
     threshold_grid,
 )
@@ -255,6 +258,28 @@ def test_matches_slow_reference_on_random_data(seed):
         score, n_sel, n_cor, n_q = ref[(row["temperature"], row["threshold"])]
         assert (row["n_selected"], row["n_unique_correct"], row["n_queries"]) == (n_sel, n_cor, n_q)
         assert row["balance_score"] == pytest.approx(score, abs=1e-12)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 7, 50])
+def test_chunked_grid_equals_the_whole_one(chunks):
+    """A stage read in chunks (any cut, a query's copies in several chunks, a text's best reward
+    and its correct copy in different chunks) gives the grid of the whole stage exactly."""
+    rng = np.random.default_rng(7)
+    n = 900
+    q = rng.integers(0, 20, n)
+    t = rng.choice([0.5, 0.9], n)
+    base = rng.integers(0, 5, n)
+    responses = [f"{' ' * int(rng.integers(0, 2))}text-{b}" for b in base]
+    scored = pl.DataFrame({"query_id": q, "temperature": t, "response": responses,
+                           "correct": (base % 2 == 0) | (rng.random(n) < 0.1),
+                           "reward": np.round(rng.uniform(-1.0, 2.0, n), 1)})
+    thresholds = threshold_grid(-1.0, 1.0, 0.1)
+    whole = balance_grid(scored, thresholds, 2.5)
+    cuts = np.linspace(0, n, chunks + 1).astype(int)
+    parts = [distinct_responses(scored[a:b], hashed=True) for a, b in zip(cuts[:-1], cuts[1:])]
+    merged = merge_distinct(parts)
+    assert merged.height == scored.select("temperature", "query_id", pl.col("response").str.strip_chars()).unique().height
+    assert balance_grid_of_distinct(merged, thresholds, 2.5).equals(whole)
 
 
 # ------------------------------------------------------------------------------- choose_config

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,7 +45,8 @@ def test_prompt_tokens_are_masked(micro_policy):
     model, tok = load_policy(micro_policy, device="cpu")
     pairs = [("Q: 1+2=? A: ", "1+2=3. #### 3"), ("Q: 10-4+1=? A: ", "10-4=6; 6+1=7. #### 7")]
     data = tokenize_examples(tok, pairs)
-    for (p, r), (ids, labels) in zip(pairs, data):
+    assert all(ids.dtype == labels.dtype == np.int32 for ids, labels in data)  # 4 bytes a token
+    for (p, r), (ids, labels) in zip(pairs, [(i.tolist(), lab.tolist()) for i, lab in data]):
         n_prompt = len(p) + 1  # BOS + one token per character
         assert labels[:n_prompt] == [IGNORE] * n_prompt
         assert labels[n_prompt:] == ids[n_prompt:]

@@ -106,7 +106,7 @@ def test_training_masks_exactly_the_prompt_tokens_the_sampler_conditioned_on(cha
     # as fine_tune builds its examples: the rows re-rendered for the checkpoint path
     responses = [out[i][0].text for i in range(len(ROWS))]
     examples = list(zip(render_prompts(cfg, frame, chat_policy), responses))
-    tokenized = tokenize_examples(tokenizer, examples)
+    tokenized = [(ids.tolist(), labels.tolist()) for ids, labels in tokenize_examples(tokenizer, examples)]
     for (ids, labels), prompt in zip(tokenized, prompts):
         match = [s for s in seen if ids[: len(s)] == s]
         assert len(match) == 1, "the training ids do not start with any prompt the sampler saw"
@@ -135,7 +135,8 @@ def test_real_chat_template_prompts_are_a_prefix_of_the_training_ids(shared_data
     sampled = encode_prompts(tok, prompts)  # what TransformersSampler and VLLMSampler decode from
     assert all(ids.count(tok.bos_token_id) == p.count("<|im_start|>") for ids, p in zip(sampled, prompts))
     responses = [r["meta"]["solution"] + "\n\n# Answer\n\n" + r["answer"] for r in rows]
-    for seen, (ids, labels) in zip(sampled, tokenize_examples(tok, list(zip(prompts, responses)))):
+    tokenized = [(ids.tolist(), labels.tolist()) for ids, labels in tokenize_examples(tok, list(zip(prompts, responses)))]
+    for seen, (ids, labels) in zip(sampled, tokenized):
         assert ids[: len(seen)] == seen
         assert labels[: len(seen)] == [IGNORE] * len(seen) and labels[len(seen)] != IGNORE
         assert ids[-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")

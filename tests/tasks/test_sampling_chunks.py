@@ -36,7 +36,7 @@ def test_chunked_sampling_writes_the_same_candidates(tmp_path):
     out = {}
     for name, rows in [("one", 10_000), ("chunked", 7)]:
         cfg_json = config(tmp_path / name, rows)
-        record_run(RUN, cfg_json, code_version())
+        record_run.fn(RUN, cfg_json, code_version())
         out[name] = sample_candidates.fn(RUN, 1, "search", "search", policy, [0.7, 1.1], 3, cfg_json)
     assert out["one"]["candidates"] == out["chunked"]["candidates"] == 20 * 3 * 2
     one, chunked = candidates(tmp_path / "one"), candidates(tmp_path / "chunked")

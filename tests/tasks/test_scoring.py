@@ -47,8 +47,8 @@ def responses_for(gold: str, solution: str) -> list[str]:
         f"{body}\n#### {wrong}", f"I think it is {wrong}.\n#### {wrong}", "I do not know."]
 
 
-def write_candidates(lake: Lake, rows: list[dict]) -> pl.DataFrame:
-    """Two temperatures of the search stage, one part each (as the sampler writes them)."""
+def write_candidates(lake: Lake, rows: list[dict], stage: str = "search") -> pl.DataFrame:
+    """Two temperatures of a stage, one part each (as the sampler writes them)."""
     frames = []
     for t_idx, t in enumerate([0.5, 0.9]):
         qids, texts = [], []
@@ -63,7 +63,7 @@ def write_candidates(lake: Lake, rows: list[dict]) -> pl.DataFrame:
             pl.lit(t).alias("temperature"), pl.lit("policy-0").alias("policy"), pl.lit(50, pl.Int32).alias("n_tokens"),
             pl.lit("stop").alias("finish_reason"),
         )
-        lake.write("candidates", df, RUN, 1, "search", part=f"part-search-t{t}")
+        lake.write("candidates", df, RUN, 1, stage, part=f"part-{stage}-t{t}")
         frames.append(df)
     return pl.concat(frames)
 
@@ -78,7 +78,7 @@ def test_each_distinct_answer_graded_once_and_chunks_change_nothing(tmp_path, sh
     for name, chunk in [("one", 1_000_000), ("chunked", 37)]:
         root = tmp_path / name
         cfg_json = config(root, shared_data, chunk)
-        record_run(RUN, cfg_json, code_version())
+        record_run.fn(RUN, cfg_json, code_version())
         cands = write_candidates(Lake(str(root)), gsm8k_rows)
         outs[name] = score_candidates.fn(RUN, 1, "search", "gsm8k", cfg_json)
     one, chunked = outs["one"], outs["chunked"]
@@ -129,7 +129,7 @@ def test_scorer_failures_keep_their_status_on_every_copy(tmp_path, shared_data, 
                       answer_key="bstar.verifiers.gsm8k:answer_key", replace=True)
     root = tmp_path / "slow"
     cfg_json = config(root, shared_data, 100, verifier="test-slow-wrong", verify_timeout_s=1.0, verify_workers=2)
-    record_run(RUN, cfg_json, code_version())
+    record_run.fn(RUN, cfg_json, code_version())
     lake = Lake(str(root))
     # three queries only: each wrong answer costs one 1 s timeout
     write_candidates(lake, gsm8k_rows)
@@ -144,3 +144,27 @@ def test_scorer_failures_keep_their_status_on_every_copy(tmp_path, shared_data, 
     assert out["status"] == {"no_answer": 6, "ok": 30, "timeout": 12}
     failed = r.filter(pl.col("status") == "timeout")
     assert failed["correct"].null_count() == failed["reward"].null_count() == failed.height == 12
+
+
+def test_search_and_selection_read_in_chunks_give_the_same_grid_and_selections(tmp_path, shared_data, gsm8k_rows):
+    from bstar.tasks.selection import search_config, select_data
+
+    out = {}
+    for name, chunk in [("one", 1_000_000), ("chunked", 29)]:
+        root = tmp_path / name
+        cfg_json = config(root, shared_data, chunk)
+        record_run.fn(RUN, cfg_json, code_version())
+        lake = Lake(str(root))
+        for stage in ("search", "train"):
+            write_candidates(lake, gsm8k_rows, stage)
+            score_candidates.fn(RUN, 1, stage, "gsm8k", cfg_json)
+        chosen = search_config.fn(RUN, 1, "gsm8k", [-0.5, 0.0, 0.5], {}, cfg_json)
+        selected = select_data.fn(RUN, 1, "gsm8k", 0.5, cfg_json)
+        out[name] = (chosen, selected, lake.read("search", RUN, 1).drop("run_id", "iteration", "stage"),
+                     lake.read("selections", RUN, 1, "train").drop("run_id", "iteration", "stage").sort("query_id", "sample_idx"))
+    (c1, s1, g1, sel1), (c2, s2, g2, sel2) = out["one"], out["chunked"]
+    assert c1 == c2 and s1 == s2 and g1.equals(g2) and sel1.equals(sel2)
+    # per query: the three copies of the worked solution and the two of the short one are one
+    # selection each, the same texts at the other temperature no more
+    assert s1["selected"] == 30 * 2 and s1["correct"] == s1["selected"]
+    assert g1.filter(pl.col("threshold") == 0.5)["n_unique_correct"].to_list() == [60, 60]
