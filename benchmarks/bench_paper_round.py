@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs a model hub
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a machine without internet
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as `bstar` sets it: a busy machine
 
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 PAPER = {"M": 11_500, "K": 64, "search": 600, "N": 67_500, "test": 500}
