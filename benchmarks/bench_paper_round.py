@@ -151,7 +151,10 @@ def compose(facts: dict, answer: str | None, rng: random.Random, temperature: fl
     return "\n".join(lines) + f"\n\n# Answer\n\n{answer}", "stop"
 
 
-class SimulatedPolicy:
+from bstar.models.sampling import Sample, Sampler  # noqa: E402  (after the sys.path line above)
+
+
+class SimulatedPolicy(Sampler):
     """A `Sampler` for the benchmark: deterministic per (query, temperature, stage seed), so chunked
     or repeated sampling returns the same candidates, like the real backends."""
 
@@ -167,8 +170,6 @@ class SimulatedPolicy:
 
     def sample(self, prompts, k=1, temperature=1.0, top_p=1.0, max_new_tokens=256, *, seeds=None, base_seed=0,
                stop=None, first_sample_idx=0, progress=True):
-        from bstar.models.sampling import Sample
-
         t0 = time.perf_counter()
         out = []
         dup = min(0.95, max(0.05, 1.0 - 1.1 * (temperature - 0.4))) if temperature > 0 else 1.0
@@ -206,17 +207,8 @@ class SimulatedPolicy:
             SimulatedPolicy.model_time += time.perf_counter() - t0
         return out
 
-    def greedy(self, prompts, max_new_tokens=256, *, stop=None, progress=True):
-        return [r[0] for r in self.sample(prompts, k=1, temperature=0.0)]
-
     def close(self):
         pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class SimulatedPRM:
