@@ -58,6 +58,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"search: {cfg.search_summary()}", file=sys.stderr)
     print(f"training: {training_summary(cfg)}", file=sys.stderr)
     print(f"model: {_model_summary(cfg.model)}", file=sys.stderr)
+    if cfg.execution.engine == "ray":
+        from bstar.tasks.shards import cluster_summary
+
+        # preflight above connected and checked every node; this is only the summary line
+        print(f"execution: {cluster_summary(cfg)}", file=sys.stderr)
     return 0
 
 

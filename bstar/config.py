@@ -381,6 +381,37 @@ class StorageConfig(Strict):
         return opts
 
 
+class ShardResources(Strict):
+    """What one shard (or the training task) asks of a Ray node; Ray places it on a node that has it."""
+
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ExecutionConfig(Strict):
+    """Where the stages run. `local` (default): every stage in the flow run's own process, as
+    always. `ray`: sampling, scoring and Math-Shepherd annotation split their queries into `shards`
+    deterministic shards, each a Prefect task run executed on the Ray cluster at `address`
+    (prefect-ray's RayTaskRunner), cached and retried per shard; training stays one task, placed
+    by Ray on a node with `training`'s resources. `address`: `auto` (the cluster this machine
+    belongs to), `HOST:PORT` of the head node, or `ray://HOST:10001`; unset with `ray`: a Ray
+    instance started on this machine for the run. `shards` > 1 with `local` runs the shards one
+    after another in this process (each its own cached task run). See docs/scale-out.md."""
+
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
+    shards: PositiveInt = 1
+    sampling: ShardResources = ShardResources()
+    scoring: ShardResources = ShardResources()
+    training: ShardResources = ShardResources()
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> "ExecutionConfig":
+        if self.address and self.engine != "ray":
+            raise ValueError(f"address {self.address!r} is set but engine is {self.engine!r} (set engine: ray)")
+        return self
+
+
 class RunConfig(Strict):
     name: str = "bstar"
     run_id: str | None = None
@@ -396,6 +427,7 @@ class RunConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
     storage: StorageConfig = StorageConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @property
     def training_mode(self) -> str:

@@ -44,7 +44,9 @@ _hits: Counter = Counter()
 def stage(task: str, parameters: dict):
     """Wraps every stage task (`stage_task`): points are counted from zero per stage run."""
     global _stage
-    if not os.environ.get(KILL_ENV):
+    if not os.environ.get(KILL_ENV) or _stage is not None:
+        # a shard run inside its stage's own task (bstar.tasks.shards) is part of that stage:
+        # its points count as the stage's, under the stage's name
         yield
         return
     _stage = (task, parameters.get("stage"), str(parameters.get("iteration", "")))

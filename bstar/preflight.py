@@ -19,7 +19,10 @@ Checks, each reported under the config field's dotted path:
   `data.*.name` / `loader` / `verifier` resolve; `reward.verifier` is a known verifier;
 - the run's verifier can work here (the code verifier's bubblewrap sandbox);
 - `storage.root`: writable; on S3 the credentials are tried by listing the root and by writing
-  and deleting one probe object, with short network timeouts.
+  and deleting one probe object, with short network timeouts;
+- `execution` (engine `ray`): the cluster at `execution.address` is reachable, some node has the
+  CPUs/GPUs each stage asks for (`execution.sampling.num_gpus`, ...), and every node has the same
+  bstar, reaches the Prefect API and sees the probe object under the lake's root.
 
 The only write is one probe object `{root}/.bstar-preflight-<uuid>`, removed at once.
 Messages never contain credentials.
@@ -69,16 +72,46 @@ def preflight(cfg: RunConfig, *, storage: bool = True) -> None:
 
 def check_run(cfg: RunConfig, *, storage: bool = True) -> list[Problem]:
     problems: list[Problem] = []
-    problems += check_policy(cfg.model)
+    opts = cfg.storage.storage_options()
+    problems += check_policy(cfg.model, opts)
     if cfg.reward.prm:
-        problems += check_model("reward.prm", cfg.reward.prm)
+        problems += check_model("reward.prm", cfg.reward.prm, opts)
     if cfg.reward.prm_train is not None and cfg.reward.prm_train.completer:
-        problems += check_model("reward.prm_train.completer", cfg.reward.prm_train.completer)
+        problems += check_model("reward.prm_train.completer", cfg.reward.prm_train.completer, opts)
     problems += check_data(cfg)
     problems += check_verifier(cfg)
     if storage:
         problems += check_storage(cfg)
+    if cfg.execution.engine == "ray" and not problems:
+        problems += check_execution(cfg, storage=storage)[0]
     return problems
+
+
+# --- execution ---------------------------------------------------------------------------------
+
+
+def check_execution(cfg: RunConfig, *, storage: bool = True) -> tuple[list[Problem], str]:
+    """`engine: ray`: the cluster is reachable, some node has what each stage asks for, and every
+    node reaches the Prefect API and (with `storage`) the lake: it must find a probe object this
+    process writes under the root. Returns (problems, a summary of the cluster for `bstar check`)."""
+    from bstar.tasks.shards import cluster_problems
+
+    if cfg.execution.engine != "ray":
+        return [], "local: every stage in the flow run's own process"
+    probe, fs = None, None
+    if storage:
+        from bstar.storage.lake import Lake
+
+        lake = Lake(cfg.storage.root, cfg.storage.storage_options())
+        probe, fs = f"{lake.root}/{_PROBE_PREFIX}{uuid.uuid4().hex}", lake
+        lake.fs.makedirs(lake._p(lake.root), exist_ok=True)
+        lake.fs.pipe_file(lake._p(probe), b"ok")
+    try:
+        found, summary = cluster_problems(cfg, probe_root=probe)
+    finally:
+        if fs is not None:
+            fs.fs.rm_file(fs._p(probe))
+    return [Problem(f, m) for f, m in found], summary
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -93,10 +126,14 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name or not _HUB_ID.match(name)
 
 
-def check_policy(model) -> list[Problem]:
+def check_policy(model, storage_options: dict | None = None) -> list[Problem]:
     """The run's own model: a GGUF source (package, file, or directory + `gguf_file`) or a
     checkpoint, and a chat template where `model.chat_template` asks for one."""
     from bstar.models.loading import gguf_source
+    from bstar.storage.checkpoints import is_remote
+
+    if is_remote(model.name_or_path):  # a checkpoint published with a lake (e.g. a comparison's start)
+        return check_model("model.name_or_path", model.name_or_path, storage_options)
 
     try:
         gguf = gguf_source(model.name_or_path, model.gguf_file)
@@ -137,9 +174,19 @@ def _has_chat_template(directory: Path) -> bool:
         return False
 
 
-def check_model(field: str, name: str) -> list[Problem]:
+def check_model(field: str, name: str, storage_options: dict | None = None) -> list[Problem]:
+    from bstar.storage.checkpoints import MANIFEST, is_remote, manifest_exists
+
     if name == "tiny":
         return []
+    if is_remote(name):
+        try:
+            if manifest_exists(name, storage_options):
+                return []
+            return [Problem(field, f"no checkpoint at {name!r}: it has no {MANIFEST} (never published, or being "
+                                   "rewritten)")]
+        except Exception as e:  # noqa: BLE001 - credentials, endpoint, network
+            return [Problem(field, f"cannot read {name!r}: {type(e).__name__}: {str(e)[:200]}")]
     local = Path(name).expanduser()
     if local.exists():
         if not local.is_dir():

@@ -22,10 +22,14 @@ from bstar.tasks.common import load_cfg
 def annotate_steps(run_id: str, iteration: int, policy: str, cfg_json: str, completer: str | None = None) -> dict:
     """Math-Shepherd step labels for the run's annotation queries, one cached stage per chunk."""
     from bstar.tasks.prm import annotate_chunk, n_chunks
+    from bstar.tasks.shards import run_shards
 
     cfg = load_cfg(cfg_json)
     completer = completer or cfg.reward.prm_train.completer or policy
-    done = [annotate_chunk(run_id, iteration, c, policy, completer, cfg_json) for c in range(n_chunks(cfg, run_id))]
+    # each chunk is a shard: a cached task run here, or on the Ray cluster with engine `ray`
+    calls = [dict(run_id=run_id, iteration=iteration, chunk=c, policy=policy, completer=completer, cfg_json=cfg_json)
+             for c in range(n_chunks(cfg, run_id))]
+    done = run_shards(cfg, annotate_chunk, calls, "sampling")
     total = {k: sum(d[k] for d in done) for k in ("queries", "solutions", "steps", "rollouts", "seconds")}
     sample_s = sum(d["sample_s"] + d["rollout_s"] for d in done)
     total["generations_per_s"] = round((total["solutions"] + total["rollouts"]) / max(sample_s, 1e-9), 1)

@@ -56,10 +56,13 @@ def resolve_dtype(dtype: str | None, device: str):
 
 
 def set_cpu_threads(n: int | None = None) -> int:
-    """Use `n` intra-op threads (default: BSTAR_TORCH_THREADS, else all cores of this machine)."""
+    """Use `n` intra-op threads (default: BSTAR_TORCH_THREADS, else OMP_NUM_THREADS, which Ray
+    sets to a task's `num_cpus` so shards on one machine do not oversubscribe it, else all cores
+    of this machine)."""
     import torch
 
-    n = n or int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or (os.cpu_count() or 1)
+    n = n or int(os.environ.get("BSTAR_TORCH_THREADS", 0) or 0) or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) \
+        or (os.cpu_count() or 1)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -377,7 +377,8 @@ class SFTRecipe:
         self.accelerator = Accelerator(cpu=self.cpu, mixed_precision=precision)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if self.cpu:
-            set_cpu_threads(int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
+            set_cpu_threads(None if self.world == 1 else
+                            int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
         if batch_size % (grad_accum * self.world):
             raise ValueError(f"batch_size={batch_size} must be divisible by grad_accum*num_processes="
                              f"{grad_accum * self.world}")

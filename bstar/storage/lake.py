@@ -318,17 +318,23 @@ class Lake:
         rows: int,
         columns: list[str] | None = None,
         whole: str | None = None,
+        parts: list[str] | None = None,
     ) -> Iterator[pl.DataFrame]:
         """The rows of one partition, part by part, in frames of about `rows` rows (no partition
         columns), so a stage holds one frame at a time however large the partition. `whole`: a
         column whose runs of equal values are never split between two frames of one part (the run at
-        a frame's end waits for the next one), e.g. `query_id` so a query's candidates stay together."""
+        a frame's end waits for the next one), e.g. `query_id` so a query's candidates stay together.
+        `parts`: only these part names (`part-...`, as `part_names` lists them), e.g. one shard's."""
         stage = self._stage(table, stage)
         if rows < 1:
             raise ValueError(f"iter_read: rows must be positive, got {rows}")
         names = columns if columns is None or whole is None or whole in columns else [*columns, whole]
         carry: pl.DataFrame | None = None
-        for f in self.parts(table, run_id, iteration, stage):
+        files = self.parts(table, run_id, iteration, stage)
+        if parts is not None:
+            wanted = set(parts)
+            files = [f for f in files if _part_name(f) in wanted]
+        for f in files:
             with self.fs.open(self._p(f), "rb") as fh:
                 pf = pq.ParquetFile(fh)
                 left = pf.metadata.num_rows
@@ -350,11 +356,15 @@ class Lake:
         Returns the names removed."""
         removed = []
         for f in self.parts(table, run_id, iteration, stage):
-            name = f.rsplit("/", 1)[1].removesuffix(".parquet")
+            name = _part_name(f)
             if pattern.match(name) and name not in keep:
                 self.fs.rm_file(self._p(f))
                 removed.append(name)
         return removed
+
+    def part_names(self, table: str, run_id: str, iteration: int, stage: str | None = None) -> list[str]:
+        """Sorted part names (`part-...`, no suffix) of one partition."""
+        return [_part_name(f) for f in self.parts(table, run_id, iteration, self._stage(table, stage))]
 
     # -- delete ------------------------------------------------------------------------------
     def delete_partition(self, table: str, run_id: str, iteration: int, stage: str | None = None) -> int:
@@ -385,3 +395,7 @@ def _split_trailing_run(frame: pl.DataFrame, column: str) -> tuple[pl.DataFrame,
     same = (values == values[-1]).fill_null(False).to_numpy()[::-1]
     tail = len(same) if same.all() else int(same.argmin())
     return frame.head(frame.height - tail), frame.tail(tail)
+
+
+def _part_name(path: str) -> str:
+    return path.rsplit("/", 1)[1].removesuffix(".parquet")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from bstar import faults
 from bstar.config import RunConfig, config_from_json
+from bstar.storage.checkpoints import is_remote
 
 TRANSIENT_RETRIES = 2
 FAULT_ENV = "BSTAR_INJECT_FAULT"  # "<task name>@<iteration>", e.g. "fine-tune@2": for resume tests
@@ -40,14 +41,27 @@ def _maybe_inject_fault(name: str, parameters: dict) -> None:
 
 
 def stage_cache_key(context, parameters: dict[str, Any]) -> str:
-    """(run_id, iteration, stage, inputs, task source) → a stable key."""
+    """(run_id, iteration, stage, inputs, task source) → a stable key. Where a stage runs (the
+    config's `execution` section) is not an input: a run resumed on another engine, or with its
+    shards on other nodes, finds the stages it already completed."""
     fn = inspect.unwrap(context.task.fn)
     source = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    if isinstance(parameters.get("cfg_json"), str):
+        parameters = {**parameters, "cfg_json": without_execution(parameters["cfg_json"])}
     inputs = json.dumps(parameters, sort_keys=True, default=str)
     digest = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}|{source}|{inputs}".encode()).hexdigest()[:24]
     run_id = parameters.get("run_id", "-")
     iteration = parameters.get("iteration", "-")
     return f"{run_id}-it{iteration}-{fn.__name__}-{digest}"
+
+
+def without_execution(cfg_json: str) -> str:
+    """A run config's JSON without its `execution` section (as a config of before it had one)."""
+    raw = json.loads(cfg_json)
+    if not isinstance(raw, dict) or "execution" not in raw:
+        return cfg_json
+    raw.pop("execution")
+    return json.dumps(raw, separators=(",", ":"))
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -108,7 +122,7 @@ def result_storage(cfg: RunConfig, run_id: str):
     the credentials from the environment, so they never reach Prefect's database.
     """
     root = cfg.storage.root
-    if not root.startswith(("s3://", "s3a://")):
+    if not is_remote(root):
         return Path(os.path.abspath(root)) / "_prefect" / run_id
     from prefect.filesystems import RemoteFileSystem
 
@@ -120,13 +134,43 @@ def result_storage(cfg: RunConfig, run_id: str):
 
 
 def checkpoint_dir(cfg: RunConfig, run_id: str, name: str) -> str:
-    """Model checkpoints sit next to the lake when it is local, else in a local work directory."""
+    """The local directory a stage saves checkpoint `name` into: next to the lake when it is local,
+    else a local work directory from which `publish_checkpoint` uploads it."""
     root = cfg.storage.root
-    if root.startswith(("s3://", "s3a://")):
+    if is_remote(root):
         base = os.environ.get("BSTAR_CHECKPOINT_DIR", os.path.expanduser("~/.cache/bstar/checkpoints"))
     else:
         base = os.path.join(os.path.abspath(root), "_checkpoints")
     return os.path.join(base, run_id, name)
+
+
+def checkpoint_location(cfg: RunConfig, run_id: str, name: str) -> str:
+    """Where every machine finds checkpoint `name`: `{root}/_checkpoints/{run_id}/{name}` in the
+    lake's object store for a remote root, the local directory for a local one."""
+    root = cfg.storage.root
+    if is_remote(root):
+        return f"{root.rstrip('/')}/_checkpoints/{run_id}/{name}"
+    return checkpoint_dir(cfg, run_id, name)
+
+
+def publish_checkpoint(cfg: RunConfig, local: str, location: str) -> str:
+    """Make the checkpoint saved in `local` readable at `location` (upload, manifest last, for an
+    object-store URL; nothing for a local path); returns what the `checkpoints` table stores."""
+    if not is_remote(location):
+        return local
+    from bstar.storage.checkpoints import publish_checkpoint as publish
+
+    return publish(local, location, cfg.storage.storage_options())
+
+
+def local_checkpoint(cfg: RunConfig, path: str) -> str:
+    """A checkpoint `path` as a local directory a model loader takes: an object-store URL is
+    downloaded once into this machine's cache; local paths and hub ids pass through."""
+    if not is_remote(path):
+        return path
+    from bstar.storage.checkpoints import fetch_checkpoint
+
+    return fetch_checkpoint(path, cfg.storage.storage_options())
 
 
 def chunk_part(base: str, chunk: int) -> str:
@@ -135,6 +179,7 @@ def chunk_part(base: str, chunk: int) -> str:
 
 
 def chunk_parts_re(base: str) -> re.Pattern:
-    """Part names of one chunked output: `base-cNNNNN`, or `base` alone as older lakes wrote it.
-    A stage that rewrites its output prunes the matches it did not write this time."""
-    return re.compile(rf"^{re.escape(base)}(?:-c\d{{5}})?$")
+    """Part names of one chunked output: `base-cNNNNN`, `base-sNNN-cNNNNN` (one shard's chunks),
+    or `base` alone as older lakes wrote it. A stage that rewrites its output prunes the matches
+    it did not write this time."""
+    return re.compile(rf"^{re.escape(base)}(?:-s\d{{3}})?(?:-c\d{{5}})?$")

@@ -24,7 +24,8 @@ from contextlib import contextmanager
 
 import polars as pl
 
-from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
+from bstar.tasks.common import (checkpoint_dir, checkpoint_location, is_remote, lake_of, load_cfg, local_checkpoint,
+                                publish_checkpoint, stage_task)
 from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries, test_splits
 from bstar.tasks.prompts import render_prompts
 from bstar.tasks.scorers import base_verifier, verifier_of
@@ -40,8 +41,13 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 
 
+def prm_checkpoint_name(iteration: int = 0) -> str:
+    return "prm" if iteration == 0 else f"prm-{iteration}"
+
+
 def prm_checkpoint_dir(cfg, run_id: str, iteration: int = 0) -> str:
-    return checkpoint_dir(cfg, run_id, "prm" if iteration == 0 else f"prm-{iteration}")
+    """Where the run's PRM of `iteration` lives (an object-store URL for a remote lake)."""
+    return checkpoint_location(cfg, run_id, prm_checkpoint_name(iteration))
 
 
 def annotation_queries(cfg, run_id: str) -> pl.DataFrame:
@@ -122,6 +128,8 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
     frame = annotation_queries(cfg, run_id).slice(chunk * t.chunk_queries, t.chunk_queries)
     rows = as_rows(frame)
     qids = frame["query_id"].to_list()
+    # rows name the checkpoints as given (object-store URLs for a remote lake); models load local copies
+    named, policy, completer = policy, local_checkpoint(cfg, policy), local_checkpoint(cfg, completer)
     prompts = render_prompts(cfg, frame, policy)
     answers = [answer_for_verifier(r, verifier) for r in rows]
     part = f"part-c{chunk:04d}"
@@ -142,7 +150,7 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
                 "query_id": [q for q, o in zip(qids, outs) for _ in o],
                 "sample_idx": [x.sample_idx for o in outs for x in o],
                 "temperature": float(t.temperature),
-                "policy": policy,
+                "policy": named,
                 "response": [x.text for o in outs for x in o],
                 "n_tokens": [x.n_tokens for o in outs for x in o],
                 "finish_reason": [x.finish_reason for o in outs for x in o],
@@ -243,15 +251,19 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     t = cfg.reward.prm_train
+    init = local_checkpoint(cfg, init)
     examples = prm_examples(cfg, run_id, iteration, init, t.label)
     out = cfg.reward.prm if (iteration == 0 and cfg.reward.prm) else prm_checkpoint_dir(cfg, run_id, iteration)
+    # an object-store PRM is trained into a local work directory, then published to `out`
+    local_out = checkpoint_dir(cfg, run_id, prm_checkpoint_name(iteration)) if is_remote(out) else out
     info = train_prm(
-        examples, init, out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
+        examples, init, local_out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
         batch_size=t.batch_size, num_processes=t.num_processes, seed=cfg.seed,
         provenance={"run_id": run_id, "iteration": iteration, "labels": t.label, "annotations": "math-shepherd"},
     )
-    lake.write("checkpoints", [{"step": info.steps, "path": info.path, "mode": "prm"}], run_id, iteration, stage="prm")
-    return {"prm": info.path, "examples": info.examples, "step_labels": info.step_labels,
+    path = publish_checkpoint(cfg, info.path, out)
+    lake.write("checkpoints", [{"step": info.steps, "path": path, "mode": "prm"}], run_id, iteration, stage="prm")
+    return {"prm": path, "examples": info.examples, "step_labels": info.step_labels,
             "positive_rate": round(info.positive_rate, 4), "final_loss": round(sum(info.losses[-10:]) / 10, 4),
             "seconds": info.seconds}
 
@@ -280,7 +292,7 @@ def prm_rewarder(cfg, run_id: str):
     dataset_of = dict(zip(queries["query_id"].to_list(), queries["dataset"].to_list()))
     prompts: dict[str, dict[str, str]] = {}  # policy -> query_id -> prompt
 
-    with scorer_from_options(cfg.reward.prm, cfg.reward.prm_options) as prm:
+    with scorer_from_options(local_checkpoint(cfg, cfg.reward.prm), cfg.reward.prm_options) as prm:
 
         def add(frame: pl.DataFrame, rewards: pl.DataFrame, scorer: str) -> pl.DataFrame:
             policies = frame["policy"].unique().to_list()
@@ -288,7 +300,7 @@ def prm_rewarder(cfg, run_id: str):
                 raise ValueError(f"candidates of one stage come from {len(policies)} policies: {policies[:3]}")
             if policies and policies[0] not in prompts:
                 # the PRM scores a response behind the prompt its policy was sampled from
-                prompts[policies[0]] = _prompt_of(cfg, queries, policies[0])
+                prompts[policies[0]] = _prompt_of(cfg, queries, local_checkpoint(cfg, policies[0]))
             prompt_of = prompts[policies[0]] if policies else {}
             qids = frame["query_id"].to_list()
             delims = [_delimiter_for(cfg, dataset_of.get(q), prm.delimiter) for q in qids]
@@ -398,6 +410,7 @@ def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_js
     verifier = base_verifier(cfg)
     split = f"test-{cfg.data.test[0].name}"
     frame = read_queries(cfg, run_id, split).unique("query_id", keep="first").sort("query_id").head(t.eval_queries)
+    policy, prm_path = local_checkpoint(cfg, policy), local_checkpoint(cfg, prm_path)
     rows, qids, prompts = as_rows(frame), frame["query_id"].to_list(), render_prompts(cfg, frame, policy)
     with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
         outs = sampler.sample(prompts, k=t.eval_k, temperature=cfg.eval.temperature, max_new_tokens=s.max_new_tokens,

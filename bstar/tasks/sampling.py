@@ -4,8 +4,9 @@ Parts per (query subset, temperature), one per chunk of the subset's queries
 (`part-search-t0.7-c00000`; a chunk holds about `storage.chunk_rows` candidates), so the search
 stage, which samples the same queries at every grid temperature, stays one resumable unit with
 deterministic output names, and a stage holds one chunk's responses in memory, not all of them.
-Candidates do not depend on the chunking (per-sample seeds). `sample_idx` is unique per
-(query, stage): temperature index * K + j.
+Candidates do not depend on the chunking or sharding (per-sample seeds). With `execution.shards`
+> 1 each shard of the queries writes its own parts (`part-round-t0.8-s001-c00000`). `sample_idx`
+is unique per (query, stage): temperature index * K + j.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import logging
 
 import polars as pl
 
-from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, stage_task
+from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, local_checkpoint, stage_task
 from bstar.tasks.data import subset_frame
 from bstar.tasks.prompts import render_prompts
+from bstar.tasks.shards import run_shards, shard_bounds, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +38,56 @@ def sample_candidates(
     k: int,
     cfg_json: str,
 ) -> dict:
-    """Sample `k` responses per query of `subset` at each temperature (0 means greedy)."""
+    """Sample `k` responses per query of `subset` at each temperature (0 means greedy), in
+    `execution.shards` shards of the subset's queries (`bstar.tasks.shards`)."""
+    cfg = load_cfg(cfg_json)
+    n_queries = subset_frame(cfg, run_id, subset, iteration).height
+    bounds = shard_bounds(n_queries, cfg.execution.shards)
+    calls = [dict(run_id=run_id, iteration=iteration, stage=stage, subset=subset, policy=policy,
+                  temperatures=temperatures, k=k, shard=i, shards=len(bounds), cfg_json=cfg_json)
+             for i in range(len(bounds))]
+    done = run_shards(cfg, sample_shard, calls, "sampling")
+    # a rerun with another chunk size or sharding (or an older lake's single part) leaves no extra rows
+    lake = lake_of(cfg)
+    written = {p for d in done for p in d["parts"]}
+    for temperature in temperatures:
+        lake.prune_parts("candidates", run_id, iteration, stage, chunk_parts_re(part_name(subset, temperature)),
+                         written)
+    return {"stage": stage, "iteration": iteration, "candidates": sum(d["candidates"] for d in done),
+            "queries": n_queries, "shards": len(bounds)}
+
+
+@stage_task(tags=("gpu",))
+def sample_shard(
+    run_id: str,
+    iteration: int,
+    stage: str,
+    subset: str,
+    policy: str,
+    temperatures: list[float],
+    k: int,
+    shard: int,
+    shards: int,
+    cfg_json: str,
+) -> dict:
+    """One shard of `sample_candidates`: the subset's queries [lo, hi) of `shard_bounds`."""
     from bstar.models.sampling import get_sampler, seed_for
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     frame = subset_frame(cfg, run_id, subset, iteration)
+    lo, hi = shard_bounds(frame.height, shards)[shard]
+    frame = frame.slice(lo, hi - lo)
     s = cfg.sampling
     qids = frame["query_id"].to_list()
     per_chunk = max(1, cfg.storage.chunk_rows // max(k, 1))  # queries per part
-    n = 0
-    with get_sampler(s.backend, policy, **sampler_options(cfg)) as sampler:
+    n, written = 0, []
+    # `policy` names the checkpoint in the rows (an object-store URL for a remote lake); the
+    # sampler loads this machine's copy of it
+    with get_sampler(s.backend, local_checkpoint(cfg, policy), **sampler_options(cfg)) as sampler:
         prompts = render_prompts(cfg, frame, sampler.tokenizer)
         for t_idx, temperature in enumerate(temperatures):
-            base, written = part_name(subset, temperature), set()
+            base = shard_name(part_name(subset, temperature), shard, shards)
             # an empty subset still writes one (empty) part: the stage ran
             for c, lo in enumerate(range(0, max(len(qids), 1), per_chunk)):
                 chunk_qids = qids[lo : lo + per_chunk]
@@ -80,11 +118,9 @@ def sample_candidates(
                 )
                 del outs
                 lake.write("candidates", rows, run_id, iteration, stage, part=chunk_part(base, c))
-                written.add(chunk_part(base, c))
+                written.append(chunk_part(base, c))
                 n += rows.height
-            # a rerun with another chunk size (or an older lake's single part) leaves no extra rows
-            lake.prune_parts("candidates", run_id, iteration, stage, chunk_parts_re(base), written)
-    return {"stage": stage, "iteration": iteration, "candidates": n, "queries": frame.height}
+    return {"shard": shard, "candidates": n, "queries": frame.height, "parts": written}
 
 
 def is_out_of_memory(err: BaseException) -> bool:

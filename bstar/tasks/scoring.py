@@ -17,8 +17,9 @@ from contextlib import nullcontext
 
 import polars as pl
 
-from bstar.tasks.common import chunk_parts_re, lake_of, load_cfg, stage_task
+from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, read_queries
+from bstar.tasks.shards import run_shards, shard_bounds, shard_name
 from bstar.tasks.scorers import PRM_SUFFIX, base_verifier, rewards_part, verifier_of
 from bstar.verifiers.distinct import VerdictCache, verify_distinct
 
@@ -63,15 +64,56 @@ def answer_frame(cfg, run_id: str, verifier: str) -> pl.DataFrame:
 
 @stage_task
 def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_json: str) -> dict:
-    """Verify every candidate of (run, iteration, stage) with `scorer`; write `rewards`."""
+    """Verify every candidate of (run, iteration, stage) with `scorer`; write `rewards`. With
+    `execution.shards` > 1 the stage's candidate parts are cut into that many contiguous groups,
+    one scoring shard each (`bstar.tasks.shards`)."""
+    cfg = load_cfg(cfg_json)
+    lake = lake_of(cfg)
+    verifier = scorer.removesuffix(PRM_SUFFIX)
+    names = lake.part_names("candidates", run_id, iteration, stage)
+    bounds = shard_bounds(len(names), cfg.execution.shards)
+    calls = [dict(run_id=run_id, iteration=iteration, stage=stage, scorer=scorer, shard=i, shards=len(bounds),
+                  parts=None if len(bounds) == 1 else names[lo:hi], cfg_json=cfg_json)
+             for i, (lo, hi) in enumerate(bounds)]
+    done = run_shards(cfg, score_shard, calls, "scoring")
+    written = {name: {p for d in done for p in d["parts"].get(name, [])} for name in {verifier, scorer}}
+    if not any(d["chunks"] for d in done):  # no candidates: an empty part still records that the stage was scored
+        lake.write("rewards", verify_frame(verifier, _empty_frame(), 1, None), run_id, iteration, stage,
+                   part=rewards_part(scorer, 0))
+        written[scorer].add(rewards_part(scorer, 0))
+    # a rerun with another chunk size or sharding (or an older lake's single part) must not leave extra rows
+    for name, parts in written.items():
+        if parts:
+            lake.prune_parts("rewards", run_id, iteration, stage, chunk_parts_re(rewards_part(name)), parts)
+    status: dict[str, int] = {}
+    for d in done:
+        for k, n in d["status"].items():
+            status[k] = status.get(k, 0) + n
+    total = {k: sum(d[k] for d in done) for k in ("scored", "correct", "verifications", "distinct_responses", "chunks")}
+    log.info("%s %s: %d candidates (%d distinct responses), %d grader calls", stage, scorer, total["scored"],
+             total["distinct_responses"], total["verifications"])
+    return {"stage": stage, "scorer": scorer, "scored": total["scored"], "correct": total["correct"],
+            "status": dict(sorted(status.items())), "verifications": total["verifications"],
+            "distinct_responses": total["distinct_responses"], "chunks": total["chunks"], "shards": len(bounds)}
+
+
+@stage_task
+def score_shard(run_id: str, iteration: int, stage: str, scorer: str, shard: int, shards: int,
+                parts: list[str] | None, cfg_json: str) -> dict:
+    """One shard of `score_candidates`: the candidates of `parts` (all of the stage's when None),
+    read, graded (each distinct answer once) and written one chunk at a time."""
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     verifier, with_prm = scorer.removesuffix(PRM_SUFFIX), scorer.endswith(PRM_SUFFIX)
     answers = answer_frame(cfg, run_id, verifier)
     cache = VerdictCache()
-    written: dict[str, set[str]] = {verifier: set(), scorer: set()}
+    written: dict[str, list[str]] = {verifier: [], scorer: []}
     status: dict[str, int] = {}
     correct = 0
+
+    def part(name: str, c: int) -> str:
+        return chunk_part(shard_name(rewards_part(name), shard, shards), c)
+
     if with_prm:
         from bstar.tasks.prm import prm_rewarder
 
@@ -79,7 +121,7 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
     else:
         rewarder = nullcontext()
     chunks = lake.iter_read("candidates", run_id, iteration, stage, rows=cfg.storage.chunk_rows,
-                            columns=CANDIDATE_COLUMNS, whole="query_id")
+                            columns=CANDIDATE_COLUMNS, whole="query_id", parts=parts)
     with rewarder as add_prm:
         c = -1
         for c, cands in enumerate(chunks):
@@ -91,34 +133,17 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
             if with_prm:
                 # reward = 1[correct] + prm (DESIGN.md §1); the answer-only rows go beside them
                 # (part-<verifier>-c...) so metrics can rank by either
-                lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(verifier, c))
-                written[verifier].add(rewards_part(verifier, c))
+                lake.write("rewards", rewards, run_id, iteration, stage, part=part(verifier, c))
+                written[verifier].append(part(verifier, c))
                 rewards = add_prm(frame, rewards, scorer)
-            lake.write("rewards", rewards, run_id, iteration, stage, part=rewards_part(scorer, c))
-            written[scorer].add(rewards_part(scorer, c))
+            lake.write("rewards", rewards, run_id, iteration, stage, part=part(scorer, c))
+            written[scorer].append(part(scorer, c))
             correct += int(rewards["correct"].sum() or 0)
             for s, n in rewards.group_by("status").len().iter_rows():
                 status[s] = status.get(s, 0) + n
-        if c < 0:  # no candidates: an empty part still records that the stage was scored
-            lake.write("rewards", verify_frame(verifier, _empty_frame(), 1, None), run_id, iteration, stage,
-                       part=rewards_part(scorer, 0))
-            written[scorer].add(rewards_part(scorer, 0))
-    # a rerun with another chunk size (or an older lake's single part) must not leave extra rows
-    for name, parts in written.items():
-        if parts:
-            lake.prune_parts("rewards", run_id, iteration, stage, chunk_parts_re(rewards_part(name)), parts)
-    log.info("%s %s: %d candidates (%d distinct responses), %d grader calls", stage, scorer, cache.candidates,
-             cache.distinct_responses, cache.verified)
-    return {
-        "stage": stage,
-        "scorer": scorer,
-        "scored": cache.candidates,
-        "correct": correct,
-        "status": dict(sorted(status.items())),
-        "verifications": cache.verified,
-        "distinct_responses": cache.distinct_responses,
-        "chunks": c + 1,
-    }
+    return {"shard": shard, "scored": cache.candidates, "correct": correct, "status": status,
+            "verifications": cache.verified, "distinct_responses": cache.distinct_responses, "chunks": c + 1,
+            "parts": written}
 
 
 def _empty_frame() -> pl.DataFrame:

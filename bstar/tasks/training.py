@@ -13,9 +13,11 @@ import os
 
 import polars as pl
 
-from bstar.tasks.common import checkpoint_dir, lake_of, load_cfg, stage_task
+from bstar.tasks.common import (checkpoint_dir, checkpoint_location, lake_of, load_cfg, local_checkpoint,
+                                publish_checkpoint, stage_task)
 from bstar.tasks.data import as_rows, read_queries, warmup_queries
 from bstar.tasks.prompts import render_prompts, template_of
+from bstar.tasks.shards import run_shards
 
 
 def _trainer_kwargs(cfg) -> dict:
@@ -81,26 +83,37 @@ def gold_examples(cfg, queries: pl.DataFrame, policy: str) -> list[tuple[str, st
 
 
 def initial_policy(cfg, run_id: str) -> str:
-    """The checkpoint directory (or hub id) a run starts from: the tiny model built for it, a GGUF
-    checkpoint de-quantized once into `_checkpoints/RUN/base`, or `model.name_or_path` as it is."""
+    """The checkpoint (or hub id) a run starts from: the tiny model built for it, a GGUF
+    checkpoint de-quantized once into `_checkpoints/RUN/base`, or `model.name_or_path` as it is.
+    Built checkpoints are published with the lake (an object-store URL for a remote root)."""
     from bstar.models.loading import gguf_source, materialize_gguf
 
     m = cfg.model
     if m.name_or_path == "tiny":
         from bstar.models.tiny import build_tiny_policy
 
-        return build_tiny_policy(checkpoint_dir(cfg, run_id, "init"), hidden=m.hidden_size, layers=m.num_layers,
-                                 heads=m.num_heads, seed=cfg.seed)
+        built = build_tiny_policy(checkpoint_dir(cfg, run_id, "init"), hidden=m.hidden_size, layers=m.num_layers,
+                                  heads=m.num_heads, seed=cfg.seed)
+        return publish_checkpoint(cfg, built, checkpoint_location(cfg, run_id, "init"))
     gguf = gguf_source(m.name_or_path, m.gguf_file)
     if gguf is not None:
         dtype = "fp32" if m.dtype == "auto" else m.dtype
-        return materialize_gguf(*gguf, checkpoint_dir(cfg, run_id, "base"), dtype=dtype)
+        built = materialize_gguf(*gguf, checkpoint_dir(cfg, run_id, "base"), dtype=dtype)
+        return publish_checkpoint(cfg, built, checkpoint_location(cfg, run_id, "base"))
     return m.name_or_path
 
 
 @stage_task(tags=("gpu",))
 def warm_up(run_id: str, cfg_json: str) -> dict:
-    """Build (or name) the initial policy and, if configured, SFT it on gold solutions."""
+    """Build (or name) the initial policy and, if configured, SFT it on gold solutions: one task,
+    in this process or (engine `ray`) on a node with `execution.training`'s resources."""
+    cfg = load_cfg(cfg_json)
+    return run_shards(cfg, warm_up_on_node, [dict(run_id=run_id, cfg_json=cfg_json)], "training")[0]
+
+
+@stage_task(tags=("gpu",))
+def warm_up_on_node(run_id: str, cfg_json: str) -> dict:
+    """The work of `warm_up`, wherever the engine placed it."""
     from bstar.models.trainer import sft_warmup
 
     cfg = load_cfg(cfg_json)
@@ -110,44 +123,59 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
     path, step = str(model), 0
     if w.steps > 0:
         train = warmup_queries(cfg, run_id)
-        info = sft_warmup(gold_examples(cfg, train, model), model, checkpoint_dir(cfg, run_id, "warmup"),
+        start = local_checkpoint(cfg, model)
+        info = sft_warmup(gold_examples(cfg, train, start), start, checkpoint_dir(cfg, run_id, "warmup"),
                           max_steps=w.steps, **warmup_trainer_kwargs(cfg))
-        path, step = info.path, info.step
+        path, step = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, "warmup")), info.step
     lake.write("checkpoints", [{"step": step, "path": path, "mode": "warmup"}], run_id, 0)
     return {"policy": path, "step": step}
 
 
 @stage_task(tags=("gpu",))
 def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
-    """SFT on this round's selections; the training mode picks the starting checkpoint."""
+    """SFT on this round's selections; the training mode picks the starting checkpoint. One task
+    (several GPUs through accelerate), in this process or (engine `ray`) on a node with
+    `execution.training`'s resources."""
+    cfg = load_cfg(cfg_json)
+    call = dict(run_id=run_id, iteration=iteration, policy=policy, initial=initial, cfg_json=cfg_json)
+    return run_shards(cfg, fine_tune_on_node, [call], "training")[0]
+
+
+@stage_task(tags=("gpu",))
+def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
+    """The work of `fine_tune`, wherever the engine placed it."""
     from bstar.models.trainer import round_init_checkpoint, train_sft
 
     cfg = load_cfg(cfg_json)
     lake = lake_of(cfg)
     mode = cfg.training_mode
     start = round_init_checkpoint(mode, initial, policy)
+    start_dir = local_checkpoint(cfg, start)  # online mode resumes the optimizer state saved with it
     selected = lake.read("selections", run_id, iteration, "train")
     if selected.is_empty():
         # Nothing passed the threshold: the round keeps its starting policy rather than failing.
-        lake.write("checkpoints", [{"step": _step_of(start), "path": start, "mode": mode}], run_id, iteration)
-        return {"policy": start, "step": _step_of(start), "examples": 0}
+        step = _step_of(start_dir)
+        lake.write("checkpoints", [{"step": step, "path": start, "mode": mode}], run_id, iteration)
+        return {"policy": start, "step": step, "examples": 0}
     selected = selected.sort("query_id", "sample_idx")
     queries = read_queries(cfg, run_id, "train").filter(pl.col("query_id").is_in(selected["query_id"].unique()))
     # rendered with the tokenizer of the checkpoint being trained: the prompt tokens the sampler saw;
     # once per query, so the examples of one query share one prompt string
-    prompt_of = dict(zip(queries["query_id"].to_list(), render_prompts(cfg, queries, start)))
+    prompt_of = dict(zip(queries["query_id"].to_list(), render_prompts(cfg, queries, start_dir)))
     examples = [(prompt_of[q], r) for q, r in zip(selected["query_id"].to_list(), selected["response"].to_list())]
+    name = f"iter-{iteration}"
     info = train_sft(
         examples,
-        start,
-        checkpoint_dir(cfg, run_id, f"iter-{iteration}"),
+        start_dir,
+        checkpoint_dir(cfg, run_id, name),
         mode=mode,
         total_rounds=cfg.iterations,
         **round_steps(cfg),
         **_trainer_kwargs(cfg),
     )
-    lake.write("checkpoints", [{"step": info.step, "path": info.path, "mode": mode}], run_id, iteration)
-    return {"policy": info.path, "step": info.step, "examples": len(examples)}
+    path = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, name))
+    lake.write("checkpoints", [{"step": info.step, "path": path, "mode": mode}], run_id, iteration)
+    return {"policy": path, "step": info.step, "examples": len(examples)}
 
 
 def _step_of(checkpoint: str) -> int:
