@@ -140,6 +140,19 @@ class RayCluster:
         except psutil.NoSuchProcess:
             return []
 
+    def running_processes(self, i: int) -> list:
+        """Node i's processes that still run (not exited, not zombies)."""
+        import psutil
+
+        out = []
+        for p in self.node_processes(i):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def kill_node(self, i: int) -> None:
         """SIGKILL node i's raylet and everything it started, as a lost machine would go."""
         procs = self.node_processes(i)

@@ -194,4 +194,8 @@ def test_a_node_lost_mid_stage_costs_its_shard_only(prefect_harness, s3, driver_
         worker.join(timeout=900)
         assert not worker.is_alive(), "the run did not finish after the node was lost"
         assert "error" not in result, f"the run failed after losing a node: {result.get('error')!r}"
+        assert not c.running_processes(victim), "the lost node's processes still run"
         _assert_same_lake(lake, "kill-ref", "kill-ray")
+        shards = _shard_runs("kill-ray-it1-sample-shard-train")
+        # still one Prefect task run per shard (Ray's retry runs the same task run again), all completed
+        assert len(shards) == 2 and all(t.state.is_completed() for t in shards), shards
