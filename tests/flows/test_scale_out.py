@@ -199,3 +199,37 @@ def test_a_node_lost_mid_stage_costs_its_shard_only(prefect_harness, s3, driver_
         shards = _shard_runs("kill-ray-it1-sample-shard-train")
         # still one Prefect task run per shard (Ray's retry runs the same task run again), all completed
         assert len(shards) == 2 and all(t.state.is_completed() for t in shards), shards
+
+
+def test_a_second_machine_resumes_an_s3_run_from_the_object_store_alone(prefect_harness, s3, tmp_path,
+                                                                        monkeypatch):
+    """Machine A runs until round 1's fine-tune fails, and is gone with its disks; machine B, with
+    empty checkpoint directories, resumes the run: the fine-tune starts from the warm-up checkpoint it
+    downloads from the object store, and the run completes (local engine)."""
+    import shutil
+
+    from bstar.tasks.common import InjectedFault
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
+
+    def machine(name: str):
+        monkeypatch.setenv("BSTAR_CHECKPOINT_DIR", str(tmp_path / name / "checkpoints"))
+        monkeypatch.setenv("BSTAR_CHECKPOINT_CACHE", str(tmp_path / name / "cache"))
+
+    machine("a")
+    monkeypatch.setenv("BSTAR_INJECT_FAULT", "fine-tune@1")
+    with pytest.raises(InjectedFault):
+        _run(s3, "scale-resume")
+    shutil.rmtree(tmp_path / "a")
+    monkeypatch.delenv("BSTAR_INJECT_FAULT")
+    machine("b")
+    out = _run(s3, "scale-resume")
+    lake = Lake(f"s3://{s3.bucket}/lake", s3.storage_options)
+    url = f"s3://{s3.bucket}/lake/_checkpoints/scale-resume"
+    assert out["policy"] == f"{url}/iter-1"
+    assert sorted(lake.read("checkpoints", "scale-resume")["path"].to_list()) == [f"{url}/iter-1", f"{url}/warmup"]
+    # B downloaded the warm-up checkpoint (it started the fine-tune from it) and never saw A's disk
+    fetched = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "b" / "cache").iterdir() if not p.name.startswith("."))
+    assert "warmup" in fetched and "iter-1" in fetched
+    assert lake.read("metrics", "scale-resume", 1).height > 0
