@@ -477,15 +477,27 @@ class RunConfig(Strict):
         return self.model_dump_json(exclude={"storage": {"key", "secret"}})
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
+def _override_of(path: str, overrides: list[str] | None) -> str | None:
+    """The override (`key=value`) that set the field at dotted `path`, or a section above it."""
+    for item in reversed(overrides or []):
+        key = item.partition("=")[0].strip()
+        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            return item
+    return None
+
+
+def _format_errors(err: ValidationError, overrides: list[str] | None = None) -> tuple[str, bool]:
+    """(the message, whether every problem came from an override rather than the file)."""
+    lines, from_overrides = [], True
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {path}: {msg}")
-    return "invalid run config:\n" + "\n".join(lines)
+        item = _override_of(path, overrides)
+        from_overrides = from_overrides and item is not None
+        lines.append(f"  {path}: {msg}" + (f" (from the override {item})" if item else ""))
+    return "invalid run config:\n" + "\n".join(lines), from_overrides
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -510,7 +522,10 @@ def parse_config(raw: dict | None, overrides: list[str] | None = None) -> RunCon
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        message, from_overrides = _format_errors(err, overrides)
+        error = ConfigError(message)
+        error.from_overrides = from_overrides
+        raise error from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -529,7 +544,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         return parse_config(raw, overrides)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        # a bad override is not the file's fault: say so instead of blaming the YAML
+        where = f"overrides of {path}" if getattr(err, "from_overrides", False) else str(path)
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def config_from_json(text: str) -> RunConfig:
@@ -634,4 +651,6 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
     try:
         return CompareConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: " + _format_errors(err).replace("invalid run config", "invalid comparison config")) from None
+        message, from_overrides = _format_errors(err, overrides)
+        where = f"overrides of {path}" if from_overrides else str(path)
+        raise ConfigError(f"{where}: " + message.replace("invalid run config", "invalid comparison config")) from None

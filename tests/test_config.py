@@ -161,3 +161,19 @@ def test_run_and_compare_configs_point_at_each_other(tmp_path):
         load_config(cmp_path)
     with pytest.raises(ConfigError, match="bstar run"):
         load_compare_config(run_path)
+
+
+def test_a_bad_override_is_named_not_blamed_on_the_file(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("iterations: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(good, ["storage.rot=x"])
+    assert str(e.value) == (f"overrides of {good}: invalid run config:\n"
+                            "  storage.rot: unknown key (from the override storage.rot=x)")
+    # a problem in the file and one in an override: the file is named, each line says where it came from
+    (tmp_path / "bad.yaml").write_text("sampling:\n  k: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "bad.yaml", ["execution.shards=0"])
+    assert str(e.value) == (f"{tmp_path / 'bad.yaml'}: invalid run config:\n"
+                            "  sampling.k: Input should be greater than 0\n"
+                            "  execution.shards: Input should be greater than 0 (from the override execution.shards=0)")

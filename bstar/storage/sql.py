@@ -133,8 +133,27 @@ def _execute(sql: str, root, storage_options: dict | None, params: dict | None):
         return con.sql(text, params=params).to_arrow_table() if params else con.sql(text).to_arrow_table()
     except duckdb.PermissionException as e:
         raise ReadOnlyError(f"refused by the read-only connection: {e}") from None
+    except (duckdb.BinderException, duckdb.CatalogException) as e:
+        raise SQLError(_name_error(con, text, e)) from None
     finally:
         con.close()
+
+
+def _name_error(con, text: str, err: Exception) -> str:
+    """DuckDB's unknown column / table error in one line, with the columns of the tables the
+    query names (or the lake's tables when the table itself is unknown)."""
+    what = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    what = re.sub(r"^(Binder|Catalog) Error: ", "", what).replace("!", "")
+    what = re.sub(r"\s*LINE \d+:.*$", "", what)
+    what = re.sub(r"\s*(?:Candidate bindings:|Did you mean) (.*?)\??$", r" (did you mean \1?)", what)
+    columns: dict[str, list[str]] = {}
+    for table, column in con.sql("SELECT table_name, column_name FROM information_schema.columns "
+                                 "ORDER BY table_name, ordinal_position").fetchall():
+        columns.setdefault(table, []).append(column)
+    named = [t for t in columns if re.search(rf"\b{re.escape(t)}\b", text, re.IGNORECASE)]
+    if named and isinstance(err, duckdb.BinderException):
+        return what + "; " + "; ".join(f"{t} has columns: {', '.join(columns[t])}" for t in named)
+    return what + f"; the lake's tables: {', '.join(sorted(columns))}"
 
 
 def query(sql: str, root: str | os.PathLike = "lake", storage_options: dict | None = None,

@@ -138,3 +138,16 @@ def test_repeated_column_names_get_suffixes_instead_of_a_traceback(root):
            "JOIN rewards r USING (query_id, sample_idx) ORDER BY 1, 3 LIMIT 1")
     assert query(sql, root).columns == ["query_id", "query_id_2", "sample_idx", "sample_idx_1", "query_id_1"]
     assert json.loads(run_sql(sql, root, fmt="json"))[0]["query_id_2"] == "q0"
+
+
+def test_unknown_column_or_table_is_one_line_naming_what_exists(root):
+    with pytest.raises(SQLError) as e:
+        run_sql("SELECT respons FROM candidates", root)
+    assert str(e.value) == (
+        'Referenced column "respons" not found in FROM clause (did you mean "response", "n_tokens", "iteration"?); candidates has columns: '
+        "run_id, iteration, stage, query_id, sample_idx, temperature, policy, response, n_tokens, finish_reason")
+    with pytest.raises(SQLError) as e:
+        run_sql("SELECT * FROM candidatez", root)
+    assert str(e.value).startswith('Table with name candidatez does not exist (did you mean "candidates"?); '
+                                   "the lake's tables: ")
+    assert "candidates, " in str(e.value) and "rewards" in str(e.value)
