@@ -73,15 +73,32 @@ def ray_init_kwargs(cfg: RunConfig) -> dict:
         env["AWS_ACCESS_KEY_ID"] = s.key.get_secret_value()
     if s.secret is not None:
         env["AWS_SECRET_ACCESS_KEY"] = s.secret.get_secret_value()
+    url = prefect_api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    return {"namespace": "bstar", "runtime_env": {"env_vars": env}, "log_to_driver": True,
+            "configure_logging": False}
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process reports to: PREFECT_API_URL, or the temporary server `bstar
+    run` starts without one (so shards report to the run's own server instead of each worker
+    starting a server of its own)."""
     try:
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value():
-            env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    except Exception:  # noqa: BLE001 - no Prefect settings: the workers use their own
-        pass
-    return {"namespace": "bstar", "runtime_env": {"env_vars": env}, "log_to_driver": True,
-            "configure_logging": False}
+            return PREFECT_API_URL.value()
+        from prefect.client.orchestration import get_client
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:  # outside a run there is no temporary server to name
+            return None
+
+        with get_client(sync_client=True) as client:
+            return str(client.api_url).rstrip("/") or None
+    except Exception:  # noqa: BLE001 - no Prefect here: the workers use their own settings
+        return None
 
 
 def connect_ray(cfg: RunConfig):
@@ -90,16 +107,19 @@ def connect_ray(cfg: RunConfig):
     import ray
 
     global _connected
-    address = cfg.execution.address
-    if ray.is_initialized() and _connected != address:
-        ray.shutdown()  # connected to another cluster (an earlier run of this process)
+    kwargs = ray_init_kwargs(cfg)
+    # the cluster, and the environment its workers get (the Prefect API is known only inside a run)
+    wanted = (cfg.execution.address, tuple(sorted(kwargs["runtime_env"]["env_vars"].items())))
+    if ray.is_initialized() and _connected != wanted:
+        ray.shutdown()  # another cluster, or workers that must report elsewhere: connect again
     if not ray.is_initialized():
-        ray.init(address=address, **ray_init_kwargs(cfg)) if address else ray.init(**ray_init_kwargs(cfg))
-        _connected = address
+        address = cfg.execution.address
+        ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+        _connected = wanted
     return ray
 
 
-_connected: str | None = None
+_connected: tuple | None = None
 
 
 def _run_on_ray(cfg: RunConfig, shard_task, calls: list[dict], resources: str) -> list[dict]:
