@@ -412,6 +412,23 @@ class ExecutionConfig(Strict):
         return self
 
 
+class TrackingConfig(Strict):
+    """Per-round metrics and each round's chosen configuration, sent to the experiment trackers
+    researchers already watch (bstar.tracking, docs/tracking.md). Off by default; the lake stays
+    the source of truth and a tracker that cannot be reached fails the tracking step only."""
+
+    mlflow_uri: str | None = None
+    """MLflow tracking server (`http://127.0.0.1:5000`) or store URI; unset: no MLflow."""
+    experiment: str = "bstar"
+    """The MLflow experiment the run's MLflow run is created in."""
+    tensorboard_dir: str | None = None
+    """Directory for TensorBoard event files, one subdirectory per run id; unset: no TensorBoard."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mlflow_uri or self.tensorboard_dir)
+
+
 class RunConfig(Strict):
     name: str = "bstar"
     run_id: str | None = None
@@ -428,6 +445,7 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     storage: StorageConfig = StorageConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def training_mode(self) -> str:

@@ -37,12 +37,13 @@ def default_run_id(cfg: RunConfig) -> str:
 
 def recorded_config(cfg: RunConfig, run_id: str) -> RunConfig:
     """A run that already exists continues with the config it recorded (its cache keys depend on
-    it); only where its lake lives and where its stages run are taken from the caller."""
+    it); only where its lake lives, where its stages run and where its metrics are mirrored are taken
+    from the caller."""
     lake = lake_of(cfg)
     if not lake.exists("runs", run_id, 0):
         return cfg
     stored = config_from_json(lake.read("runs", run_id, 0)["config"][0])
-    stored.storage, stored.execution = cfg.storage, cfg.execution
+    stored.storage, stored.execution, stored.tracking = cfg.storage, cfg.execution, cfg.tracking
     if stored.to_json() != cfg.to_json():
         get_run_logger().warning("run %s exists: continuing with its recorded config, not the one given", run_id)
     return stored

@@ -41,13 +41,14 @@ def _maybe_inject_fault(name: str, parameters: dict) -> None:
 
 
 def stage_cache_key(context, parameters: dict[str, Any]) -> str:
-    """(run_id, iteration, stage, inputs, task source) → a stable key. Where a stage runs (the
-    config's `execution` section) is not an input: a run resumed on another engine, or with its
-    shards on other nodes, finds the stages it already completed."""
+    """(run_id, iteration, stage, inputs, task source) → a stable key. Where a stage runs and
+    where its metrics are mirrored (the config's `execution` and `tracking` sections) are not
+    inputs: a run resumed on another engine, with its shards on other nodes, or with a tracker
+    added, finds the stages it already completed."""
     fn = inspect.unwrap(context.task.fn)
     source = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
     if isinstance(parameters.get("cfg_json"), str):
-        parameters = {**parameters, "cfg_json": without_execution(parameters["cfg_json"])}
+        parameters = {**parameters, "cfg_json": without_placement(parameters["cfg_json"])}
     inputs = json.dumps(parameters, sort_keys=True, default=str)
     digest = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}|{source}|{inputs}".encode()).hexdigest()[:24]
     run_id = parameters.get("run_id", "-")
@@ -55,12 +56,17 @@ def stage_cache_key(context, parameters: dict[str, Any]) -> str:
     return f"{run_id}-it{iteration}-{fn.__name__}-{digest}"
 
 
-def without_execution(cfg_json: str) -> str:
-    """A run config's JSON without its `execution` section (as a config of before it had one)."""
+PLACEMENT_SECTIONS = ("execution", "tracking")  # where work runs and reports, not what it computes
+
+
+def without_placement(cfg_json: str) -> str:
+    """A run config's JSON without its `execution` and `tracking` sections (as a config of before
+    it had them), so neither changes a stage's cache key."""
     raw = json.loads(cfg_json)
-    if not isinstance(raw, dict) or "execution" not in raw:
+    if not isinstance(raw, dict) or not any(k in raw for k in PLACEMENT_SECTIONS):
         return cfg_json
-    raw.pop("execution")
+    for k in PLACEMENT_SECTIONS:
+        raw.pop(k, None)
     return json.dumps(raw, separators=(",", ":"))
 
 
