@@ -7,7 +7,7 @@
                                                   read-only SQL over the candidate lake
     bstar report RUN_ID... [--root R] [--out FILE.html]
                                                   a self-contained HTML report, runs overlaid
-    bstar serve [--file deployments/prefect.yaml] [--gpu-slots N]
+    bstar serve [--file deployments/prefect.yaml] [--gpu-slots N] [--workdir DIR] [--limit N]
                                                   serve the deployments to the Prefect server
     bstar prm run CONFIG [--run-id ID] [--resume ID] [--set ...] [--root URL]
                                                   annotate steps, train a PRM, run B-STaR with it
@@ -111,6 +111,8 @@ def print_summary(result: dict) -> None:
         )
     Console().print(table)
     print(f"final policy: {result['policy']}")
+    if result.get("report"):
+        print(f"report:       {result['report']}")
     print(f'query it:     bstar sql "SELECT * FROM metrics WHERE run_id = \'{result["run_id"]}\'" --root {result["root"]}')
 
 
@@ -274,7 +276,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bstar.flows.serve import serve_deployments
 
-    serve_deployments(args.file, gpu_slots=args.gpu_slots, limit=args.limit)
+    serve_deployments(args.file, gpu_slots=args.gpu_slots, limit=args.limit, workdir=args.workdir,
+                      stop_timeout=args.stop_timeout)
     return 0
 
 
@@ -318,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default="deployments/prefect.yaml")
     p.add_argument("--gpu-slots", type=int, default=1, help="flow stages tagged `gpu` that may run at once")
     p.add_argument("--limit", type=int, default=None, help="flow runs executed at once by this server")
+    p.add_argument("--workdir", help="working directory of the flow runs, where relative paths resolve "
+                   "(default: the folder that holds the deployments file's folder)")
+    p.add_argument("--stop-timeout", type=float, default=15.0, metavar="S",
+                   help="on Ctrl-C / SIGTERM, wait at most S seconds for the server while stopping")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("prm", help="process reward models: annotate + train + B-STaR (run), or evaluate one (eval)")

@@ -17,6 +17,7 @@ import json
 
 from prefect import flow
 
+from bstar.config import CompareConfig, ConfigError
 from bstar.tasks.common import load_cfg
 
 
@@ -43,15 +44,35 @@ def warm_start(run_id: str, cfg_json: str) -> dict:
     return {"policy": policy, "prm": cfg.reward.prm, "start": start, **prm}
 
 
-@flow(name="bstar-compare", log_prints=True)
-def compare(config: dict | str, compare_id: str | None = None, only: list[str] | None = None,
-            overrides: list[str] | None = None) -> dict:
+@flow(name="bstar-compare", log_prints=True, validate_parameters=False)
+def compare(config: CompareConfig | str, root: str | None = None, compare_id: str | None = None,
+            only: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """Several methods from one shared warm-up, with equal budgets, and their comparison table.
+
+    Args:
+        config: The comparison config (`arms`, `seeds`, `base`): the form, or the path of a
+            comparison YAML (relative to the flow run's working directory).
+        root: The lake root, a directory or s3://bucket/prefix; overrides `base.storage.root`.
+        compare_id: Names the comparison (its runs are `<id>-<arm>`); an existing id resumes it.
+        only: Arm labels to run now; the table still shows what the lake has of the others.
+        overrides: `key.path=value` edits, e.g. `base.iterations=2` or `seeds=[0,1]`.
+    """
+    from prefect import get_run_logger
+
     from bstar.config import arm_run_config
+    from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_compare_config
     from bstar.flows.run import bstar_run
     from bstar.tasks.common import result_storage
-    from bstar.tasks.comparison import compare_table, resolve_compare, start_config
+    from bstar.tasks.comparison import compare_table, start_config
 
-    cc, compare_id = resolve_compare(config, overrides, compare_id)
+    try:
+        cc = resolve_compare_config(config, overrides, root)
+    except ConfigError as err:  # one line on the run, not a traceback
+        return config_failure(err)
+    compare_id = compare_id or default_run_id(cc.name)
+    get_run_logger().info("comparison %s: lake %s; arms %s x seeds %s", compare_id, cc.base.storage.root,
+                          ", ".join(a.name for a in cc.arms), cc.seeds)
+    publish_config(compare_id, cc, describe_source(config), overrides)
     start_cfg = start_config(cc, compare_id)
     start_id = f"{compare_id}-start"
     start = warm_start.with_options(result_storage=result_storage(start_cfg, start_id))(start_id, start_cfg.to_json())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bstar.config import ConfigError, RunConfig
 from bstar.tasks.common import load_cfg
 
 
@@ -49,24 +50,42 @@ def train_prm(run_id: str, iteration: int, init: str, cfg_json: str) -> dict:
     return trained
 
 
-@flow(name="bstar-prm-run", log_prints=True)
-def prm_run(config: dict | str, run_id: str | None = None, overrides: list[str] | None = None) -> dict:
+@flow(name="bstar-prm-run", log_prints=True, validate_parameters=False)
+def prm_run(config: RunConfig | str, root: str | None = None, run_id: str | None = None,
+            overrides: list[str] | None = None) -> dict:
+    """B-STaR with a process reward model trained first (when `reward.prm` is unset).
+
+    Args:
+        config: The run config (`reward.kind: answer+prm`): the form, or the path of a run YAML
+            (relative to the flow run's working directory).
+        root: The lake root, a directory or s3://bucket/prefix; overrides `storage.root`.
+        run_id: Names the run; unset: `<name>-<flow run id>`. An existing run id resumes that run.
+        overrides: `key.path=value` edits applied on top of the config.
+    """
+    from prefect import get_run_logger
+
     from bstar import code_version
     from bstar.flows.evaluate import evaluate_policy
     from bstar.flows.iteration import iteration
-    from bstar.flows.run import default_run_id, resolve_config
+    from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_config
     from bstar.tasks.common import result_storage
     from bstar.tasks.data import record_run
     from bstar.tasks.prm import evaluate_prm, prm_checkpoint_dir, prm_ranking_metrics
     from bstar.tasks.training import warm_up
 
-    cfg = resolve_config(config, overrides)
+    try:
+        cfg = resolve_config(config, overrides, root)
+    except ConfigError as err:  # one line on the run, not a traceback
+        return config_failure(err)
     if cfg.reward.kind != "answer+prm":
         raise ValueError("prm_run needs reward.kind: answer+prm (use `bstar run` for answer-only rewards)")
-    run_id = run_id or default_run_id(cfg)
+    run_id = run_id or cfg.run_id or default_run_id(cfg.name)
     train_it = not cfg.reward.prm
     if train_it:
         cfg.reward.prm = prm_checkpoint_dir(cfg, run_id)  # where train_prm saves it: every stage scores with it
+    get_run_logger().info("PRM run %s: lake %s; PRM %s %s", run_id, cfg.storage.root,
+                          "trained into" if train_it else "from", cfg.reward.prm)
+    publish_config(run_id, cfg, describe_source(config), overrides)
     cfg_json = cfg.to_json()
     cached = result_storage(cfg, run_id)
 

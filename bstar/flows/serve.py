@@ -1,19 +1,39 @@
 """Serve the deployments of `deployments/prefect.yaml` to the Prefect server in PREFECT_API_URL.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api bstar serve [--file deployments/prefect.yaml] [--gpu-slots 1]
+                                                          [--workdir DIR] [--limit N]
 
 The serving process runs each triggered flow run in a subprocess, so the UI can start, schedule
 and retry runs. GPU stages carry the `gpu` tag; a tag concurrency limit of `--gpu-slots` makes
 them queue for the device instead of competing for its memory.
+
+The flow runs' working directory is `--workdir` (default: the folder that holds `deployments/`),
+so relative paths (a config YAML, `storage.root: ./lake`) mean the same in every run. A
+deployment whose `config` parameter names a YAML file is registered with that file's contents as
+the default, so the UI's run form opens filled in with it (read when `serve` starts: restart it
+after editing the file, or give the path itself in the form). Before registering, `serve` warns
+when a deployment is already being polled by another serving process. SIGINT / SIGTERM stop it
+cleanly: running flow runs are cancelled (a retry resumes them), schedules paused, and the wait
+for the server is bounded (`--stop-timeout`) when the server is gone.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import yaml
 
 GPU_TAG = "gpu"
+STOP_TIMEOUT_S = 15.0
+POLLED_RECENTLY_S = 30.0  # three runner poll intervals: younger than this, someone serves it
+
+
+def say(message: str) -> None:
+    """A line for the person running `bstar serve` (stderr, whatever logging is configured)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def read_deployments(path: str | Path) -> list[dict]:
@@ -62,6 +82,27 @@ def to_schedules(entries: list[dict] | None, where: str = "schedules") -> list |
     return out
 
 
+def default_workdir(path: str | Path) -> Path:
+    """The folder that holds `deployments/` (the project directory) for `deployments/prefect.yaml`."""
+    return Path(path).resolve().parent.parent
+
+
+def form_defaults(parameters: dict, entrypoint: str) -> dict:
+    """Deployment parameters with a `config` YAML path replaced by the validated config itself
+    (secrets left out), so the run form opens filled in. Paths are relative to the working dir."""
+    config = parameters.get("config")
+    if not isinstance(config, str):
+        return parameters
+    from bstar.config import is_compare_config, load_compare_config, load_config
+
+    if entrypoint.endswith(":compare") or is_compare_config(config):
+        cfg = load_compare_config(config)
+        dumped = cfg.model_dump_json(exclude={"base": {"storage": {"key", "secret"}}})
+    else:
+        dumped = load_config(config).to_json()
+    return {**parameters, "config": json.loads(dumped)}
+
+
 def build_deployments(path: str | Path) -> list:
     from prefect.deployments.runner import EntrypointType
     from prefect.flows import load_flow_from_entrypoint
@@ -73,7 +114,7 @@ def build_deployments(path: str | Path) -> list:
             flow.to_deployment(
                 name=d["name"],
                 description=d.get("description"),
-                parameters=d.get("parameters") or {},
+                parameters=form_defaults(d.get("parameters") or {}, d["entrypoint"]),
                 tags=d.get("tags") or [],
                 # registered as `bstar.flows.run.bstar_run`, not a path under this checkout: the flow
                 # runs load it from the installed package whatever their working directory
@@ -84,12 +125,95 @@ def build_deployments(path: str | Path) -> list:
     return out
 
 
-def serve_deployments(path: str | Path = "deployments/prefect.yaml", gpu_slots: int = 1, limit: int | None = None) -> None:
-    from prefect import serve
+def already_served(full_names: list[str], within_s: float = POLLED_RECENTLY_S) -> list[str]:
+    """Warnings for the deployments (`flow/deployment`) a serving process polled in the last
+    `within_s` seconds: a second `serve` would race it for every run."""
+    from datetime import datetime, timezone
 
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    warnings = []
+    with get_client(sync_client=True) as client:
+        for name in full_names:
+            try:
+                dep = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            if dep.last_polled is None:
+                continue
+            age = (datetime.now(timezone.utc) - dep.last_polled).total_seconds()
+            if age < within_s:
+                warnings.append(
+                    f"deployment {name} was polled {age:.0f}s ago by another serving process (or one that just "
+                    "stopped): two serving processes both pick up its runs, each with its own environment; "
+                    "stop the other `bstar serve` first"
+                )
+    return warnings
+
+
+def serve_deployments(path: str | Path = "deployments/prefect.yaml", gpu_slots: int = 1, limit: int | None = None,
+                      workdir: str | Path | None = None, stop_timeout: float = STOP_TIMEOUT_S) -> None:
+    import asyncio
+
+    from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
         raise ValueError("PREFECT_API_URL is not set: start a server (`prefect server start`) and point to it")
+    path = Path(path).resolve()
+    workdir = Path(workdir).resolve() if workdir else default_workdir(path)
+    if not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir}: not a directory")
+    os.chdir(workdir)  # the flow-run subprocesses inherit it: relative paths resolve here
+    deployments = build_deployments(path)
+    for warning in already_served([f"{d.flow_name}/{d.name}" for d in deployments]):
+        say(f"WARNING: {warning}")
     ensure_gpu_slots(gpu_slots)
-    serve(*build_deployments(path), limit=limit)
+    runner = Runner(limit=limit, pause_on_shutdown=True)
+    for d in deployments:
+        runner.add_deployment(d)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    say(f"deployments {names} are being served from {workdir} (Ctrl-C stops)")
+    asyncio.run(run_until_signal(runner, stop_timeout))
+
+
+async def run_until_signal(runner, stop_timeout: float) -> None:
+    """Run `runner` until SIGINT or SIGTERM, then stop it within `stop_timeout` seconds.
+
+    Prefect's own handler calls the synchronous `Runner.stop` from inside the event loop (which
+    leaves `Runner.astop` un-awaited) and then waits on the server without a bound; here the loop
+    owns both signals and every step of the shutdown has a deadline."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    serving = asyncio.ensure_future(runner.start())
+    await asyncio.sleep(0)  # `start` installs Prefect's SIGTERM handler first; ours replace it
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)  # a second Ctrl-C interrupts the shutdown itself
+    if serving.done():
+        waiter.cancel()
+        serving.result()  # the runner ended on its own: raise what it raised
+        return
+    say(f"stopping: cancelling running flow runs, pausing schedules (at most {stop_timeout:.0f}s)")
+    deadline = loop.time() + stop_timeout
+    try:
+        await asyncio.wait_for(runner.astop(), timeout=stop_timeout)
+        await asyncio.wait_for(asyncio.shield(serving), timeout=max(0.1, deadline - loop.time()))
+    except (asyncio.TimeoutError, TimeoutError):
+        say(f"the Prefect server did not answer within {stop_timeout:.0f}s: stopped without it")
+    except Exception as err:  # noqa: BLE001 - the server may be gone; stopping must still finish
+        say(f"stopping: {type(err).__name__}: {err}")
+    finally:
+        if not serving.done():
+            serving.cancel()
+            try:
+                await asyncio.wait_for(serving, timeout=2)
+            except BaseException:  # noqa: BLE001 - cancelled or already failing: we are leaving anyway
+                pass

@@ -37,6 +37,7 @@ step is always scored (tokens after its end are dropped before cutting, and `max
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +53,8 @@ MATH_DELIMITER = "\n\n"
 DATASET_DELIMITERS = {"arith": "; "}
 DEFAULT_STEP_TOKEN = "<step>"
 MS_STEP_TAG, MS_GOOD, MS_BAD, MS_JOIN = "ки", "+", "-", "\n"
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,7 +394,8 @@ class PRMScorer:
         last len(list) steps only. `return_truncated=True` returns `(scores, truncated)`, where
         `truncated[i]` is how many leading steps of response i were left out (0 when none)."""
         import torch
-        from tqdm.auto import tqdm
+
+        from bstar.logs import progress as progress_bar
 
         if steps is None:
             if responses is None or len(responses) != len(prompts):
@@ -406,7 +410,7 @@ class PRMScorer:
         order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
         out: list[list[float] | None] = [None] * len(items)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        bar = tqdm(total=len(items), desc="prm score", dynamic_ncols=True, disable=not progress)
+        bar = progress_bar(len(items), "prm score", disable=not progress, unit="resp", logger=log, dynamic_ncols=True)
         with torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]

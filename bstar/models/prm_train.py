@@ -171,11 +171,11 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
+    from bstar.logs import progress as progress_bar
     from bstar.models.launch import is_launched
     from bstar.models.loading import resolve_device, save_policy, set_cpu_threads
-    from bstar.models.trainer import lr_factor
+    from bstar.models.trainer import lr_factor, mean_since
 
     t0 = time.time()
     dev = resolve_device(device)
@@ -220,7 +220,12 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
     net.train()
     losses: list[float] = []
     perm, cursor = torch.randperm(len(encoded), generator=gen).tolist(), 0
-    bar = tqdm(total=max_steps, desc="prm train", dynamic_ncols=True, disable=not (progress and main_process))
+    every = max(1, max_steps // 10)  # about ten loss lines a training
+    if main_process:
+        log.info("prm train: %d steps on %d examples (%d step labels, %.1f%% positive), %d per batch, lr %.3e",
+                 max_steps, len(encoded), n_labels, 100 * pos_rate, batch_size, lr)
+    bar = progress_bar(max_steps, "prm train", disable=not (progress and main_process), unit="step", logger=log,
+                       dynamic_ncols=True)
     for step in range(max_steps):
         batch = []  # the global batch: the same on every process
         while len(batch) < min(batch_size, len(encoded)):
@@ -254,6 +259,9 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
         bar.update(1)
         if (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+        if main_process and ((step + 1) % every == 0 or step + 1 == max_steps):
+            recent = losses[-(step % every + 1):]  # the steps since the previous line
+            bar.info(log, "prm train step %d/%d: loss %.4f%s", step + 1, max_steps, losses[-1], mean_since(recent))
     bar.close()
 
     out = Path(out_dir)
@@ -279,6 +287,10 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
         acc.wait_for_everyone()
     info = PRMTrainInfo(str(out), max_steps, len(encoded), n_labels, pos_rate, losses, round(time.time() - t0, 2),
                         world, truncated_labels=n_cut)
+    if main_process:
+        tail = losses[-10:]
+        log.info("prm train done: %d steps, final loss %.4f (mean of the last %d steps), %.1f s", max_steps,
+                 sum(tail) / max(1, len(tail)), len(tail), info.seconds)
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"PRM training diverged (non-finite loss); see {out}")
     return info

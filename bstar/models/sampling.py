@@ -227,8 +227,8 @@ class TransformersSampler(Sampler):
     def sample(self, prompts, k=1, temperature=1.0, top_p=1.0, max_new_tokens=256, *, seeds=None, base_seed=0,
                stop=None, first_sample_idx=0, progress=True):
         import torch
-        from tqdm.auto import tqdm
 
+        from bstar.logs import progress as progress_bar
         from bstar.models.loading import encode_prompts
 
         if self.model is None:
@@ -244,8 +244,8 @@ class TransformersSampler(Sampler):
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
         per_chunk = max(1, self.max_batch_rows // k)
         results: list[list[Sample] | None] = [None] * len(prompts)
-        bar = tqdm(total=len(prompts) * k, desc=f"sample k={k} t={temperature}", disable=not progress,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(len(prompts) * k, f"sample k={k} t={temperature}", disable=not progress, unit="gen",
+                           logger=log, dynamic_ncols=True, leave=False)
         with torch.inference_mode():
             for c in range(0, len(order), per_chunk):
                 chunk = order[c : c + per_chunk]

@@ -100,6 +100,16 @@ def round_init_checkpoint(mode: str, initial_checkpoint: str, previous_checkpoin
     return previous_checkpoint
 
 
+def loss_log_every(n_steps: int) -> int:
+    """How many optimizer steps apart the loss is logged: about ten lines a call, at least one step."""
+    return max(1, n_steps // 10)
+
+
+def mean_since(recent: list[float]) -> str:
+    """`, mean 0.4512 over the last 20 steps` for a loss line ('' for a single step)."""
+    return f", mean {sum(recent) / len(recent):.4f} over the last {len(recent)} steps" if len(recent) > 1 else ""
+
+
 def lr_factor(step_in_schedule: int, warmup_steps: int, schedule_steps: int, min_lr_ratio: float = 0.0) -> float:
     """Linear warm-up to 1, then cosine decay to `min_lr_ratio` at `schedule_steps` (flat after)."""
     if warmup_steps > 0 and step_in_schedule < warmup_steps:
@@ -483,7 +493,8 @@ class SFTRecipe:
 
     def _loop(self, examples, end_step):
         import torch
-        from tqdm.auto import tqdm
+
+        from bstar.logs import progress as progress_bar
 
         acc, st = self.accelerator, self.state
         self._check_scheduler()
@@ -496,8 +507,15 @@ class SFTRecipe:
         trained_tokens = 0
         t0 = time.time()
         self.model.train()
-        bar = tqdm(total=end_step - st.step, desc=f"sft[{self.mode}]", dynamic_ncols=True,
-                   disable=not (self.progress and acc.is_main_process))
+        first_step, n_steps = st.step, end_step - st.step
+        name = f"sft[{self.mode}]"
+        every = loss_log_every(n_steps)
+        if acc.is_main_process:
+            log.info("%s: %d optimizer steps (step %d to %d) on %d examples, %d per batch, lr %.3e, "
+                     "%d warm-up steps of a %d-step schedule", name, n_steps, first_step, end_step, len(data),
+                     self.batch_size, st.lr, st.warmup_steps, st.schedule_steps)
+        bar = progress_bar(n_steps, name, disable=not (self.progress and acc.is_main_process), unit="step",
+                           logger=log, dynamic_ncols=True)
         while st.step < end_step:
             idx = batch_indices(st.step, st.round_start, len(data), self.batch_size, self.seed)
             n_tok = sum(int((data[i][1][1:] != IGNORE).sum()) for i in idx)
@@ -530,9 +548,17 @@ class SFTRecipe:
                        "elapsed_s": round(time.time() - t0, 2)}
                 st.log.append(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
-                if acc.is_main_process:
-                    log.info("step %(step)d loss %(loss).4f lr %(lr).3e", rec)
+            done = len(losses)
+            if acc.is_main_process and (done % every == 0 or st.step == end_step):
+                recent = losses[-((done - 1) % every + 1):]  # the steps since the previous line
+                bar.info(log, "%s step %d/%d (lineage step %d): loss %.4f%s, lr %.3e", name, done, n_steps, st.step,
+                         loss, mean_since(recent), self.current_lr())
         bar.close()
+        if acc.is_main_process and losses:
+            tail = losses[-10:]
+            log.info("%s done: %d steps, final loss %.4f (mean of the last %d steps %.4f), %d response tokens, "
+                     "%.1f s", name, len(losses), losses[-1], len(tail), sum(tail) / len(tail), trained_tokens,
+                     time.time() - t0)
         st.rounds += 1
         return losses, trained_tokens
 

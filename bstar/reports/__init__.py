@@ -24,7 +24,8 @@ Needs ``matplotlib`` (imported only when a report is drawn).
 
 from __future__ import annotations
 
-__all__ = ["build_report", "publish_report_artifacts", "default_out"]
+__all__ = ["build_report", "render_report", "write_lake_report", "lake_report_path", "publish_report_artifacts",
+           "default_out"]
 
 
 def default_out(run_ids: list[str]) -> str:
@@ -48,14 +49,10 @@ def build_report(
     """
     import os
 
-    from .data import load_report_data
-    from .html import render_page
-
     if isinstance(run_ids, str):
         run_ids = [run_ids]
-    data = load_report_data(list(run_ids), root, storage_options)
-    page = render_page(data)
-    out = os.path.abspath(out or default_out(data.run_ids))
+    page = render_report(run_ids, root, storage_options)
+    out = os.path.abspath(out or default_out(list(run_ids)))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -69,3 +66,25 @@ def publish_report_artifacts(run_id: str, root, storage_options: dict | None = N
     from .artifacts import publish_report_artifacts as _publish
 
     return _publish(run_id, root, storage_options)
+
+
+def render_report(run_ids: list[str], root, storage_options: dict | None = None) -> str:
+    """The HTML page of ``run_ids`` as text (see :func:`build_report`)."""
+    from .data import load_report_data
+    from .html import render_page
+
+    return render_page(load_report_data(list(run_ids), root, storage_options))
+
+
+def lake_report_path(run_id: str) -> str:
+    """Where a run's own report lives, relative to the lake root: ``_reports/<run_id>.html``."""
+    return f"_reports/{run_id}.html"
+
+
+def write_lake_report(run_id: str, root, storage_options: dict | None = None) -> str:
+    """Write the report of one run into its lake (``{root}/_reports/<run_id>.html``, an object for
+    an S3 root) and return its location; a rerun replaces it."""
+    from bstar.storage.lake import Lake
+
+    page = render_report([run_id], root, storage_options)
+    return Lake(root, storage_options).put_text(lake_report_path(run_id), page)

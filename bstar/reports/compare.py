@@ -27,6 +27,12 @@ COLUMNS = (
 )
 
 
+def table_k_s(cfg) -> tuple[int, int]:
+    """The K and S the tables report for a run config: the largest evaluated K, the largest S <= K."""
+    k = max(cfg.eval.ks) if cfg.eval.k else 1
+    return k, max([s for s in cfg.eval.ss if s <= k] or [1])
+
+
 def _final_rows(metrics: pl.DataFrame) -> pl.DataFrame:
     """Each run's metrics of its last evaluated round."""
     last = metrics.group_by("run_id").agg(pl.col("iteration").max().alias("last"))
@@ -112,27 +118,32 @@ ROUND_COLUMNS = (
     ("balance", "balance_score", "train", None, None),
     ("search balance", "search_balance_score", "train", None, None),
     ("selected", "selected", "train", None, None),
+    ("selected queries", "selected_queries", "train", None, None),
 )
 
 
 def per_round(metrics: pl.DataFrame, search: pl.DataFrame, arms: list[dict], k: int, s: int) -> pl.DataFrame:
     """Every arm's monitoring per round (the paper's exploration / exploitation curves as a table):
-    one row per (arm, run, round, test split) with greedy Pass@1, Pass@K, Pass@K-S, Reward@K-S,
-    diversity, the balance score of the round's configuration on its own training candidates,
-    B-STaR's search estimate, the selected count, and the chosen temperature and threshold."""
+    one row per (arm, run, round, test split) with greedy Pass@1, Pass@K, Pass@K-S, Reward@K-S
+    (each with its standard error, `<title> se`), diversity, the balance score of the round's
+    configuration on its own training candidates, B-STaR's search estimate, the selected
+    responses and the queries they answer, and the chosen temperature and threshold."""
     runs = pl.DataFrame([{"arm": a["label"], "run_id": r} for a in arms for r in a["run_ids"]],
                         schema={"arm": pl.String, "run_id": pl.String})
     m = metrics.join(runs, on="run_id")
     test_splits = m.filter(pl.col("split") != "train").select("run_id", "iteration", "split").unique()
     out = runs.join(test_splits, on="run_id")
     for title, name, kind, kk, ss in ROUND_COLUMNS:
-        f = m.filter((pl.col("name") == name) & ((pl.col("split") == "train") == (kind == "train")))
-        if kk:
-            f = f.filter(pl.col("k") == k)
-        if ss:
-            f = f.filter(pl.col("s") == s)
         keys = ["run_id", "iteration"] if kind == "train" else ["run_id", "iteration", "split"]
-        out = out.join(f.select(*keys, pl.col("value").alias(title)), on=keys, how="left")
+        # the value, and its standard error where the metric has one (`<name>_se`)
+        for col, metric in ((title, name), (f"{title} se", f"{name}_se")):
+            f = m.filter((pl.col("name") == metric) & ((pl.col("split") == "train") == (kind == "train")))
+            if kk:
+                f = f.filter(pl.col("k") == k)
+            if ss:
+                f = f.filter(pl.col("s") == s)
+            if col == title or f.height:
+                out = out.join(f.select(*keys, pl.col("value").alias(col)), on=keys, how="left")
     chosen = search.filter(pl.col("chosen")).select("run_id", "iteration", "temperature", "threshold")
     order = {a["label"]: i for i, a in enumerate(arms)}
     return (
@@ -157,7 +168,8 @@ def per_round_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
 
         rows.append([r["arm"], seed.group(1) if seed else "—", str(r["iteration"]), r["split"], pct("Pass@1"), pct("Pass@K"), pct("Pass@K-S"),
                      pct("Reward@K-S"), num("diversity", ".3f"), num("balance", ".4f"), num("search balance", ".4f"),
-                     num("selected", ".0f"), num("temperature", ".2f"), num("threshold", ".2f")])
+                     num("selected", ".0f"), num("selected queries", ".0f"), num("temperature", ".2f"),
+                     num("threshold", ".2f")])
     return header, rows
 
 

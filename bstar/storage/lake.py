@@ -123,6 +123,21 @@ class Lake:
     def _url(self, p: str) -> str:
         return "s3://" + p if self.is_s3 and not p.startswith("s3://") else p
 
+    def put_text(self, relpath: str, text: str) -> str:
+        """Write `text` to `{root}/{relpath}` (a local file replaced atomically, or one S3 object)
+        and return its location. For files beside the tables, such as `_reports/RUN.html`."""
+        location = f"{self.root}/{relpath.lstrip('/')}"
+        data = text.encode("utf-8")
+        if self.is_s3:
+            self.fs.pipe_file(self._p(location), data)
+            return location
+        os.makedirs(os.path.dirname(location), exist_ok=True)
+        tmp = f"{location}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, location)
+        return location
+
     def table_dir(self, table: str) -> str:
         spec(table)
         return f"{self.root}/{table}"

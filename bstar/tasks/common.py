@@ -20,9 +20,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from bstar import faults
+from bstar import faults, logs
 from bstar.config import RunConfig, config_from_json
 from bstar.storage.checkpoints import is_remote
+
+# every process that runs stages imports this module (Ray workers too, to unpickle a shard task):
+# from here on bstar's log lines reach the Prefect run they are logged in
+logs.install()
 
 TRANSIENT_RETRIES = 2
 FAULT_ENV = "BSTAR_INJECT_FAULT"  # "<task name>@<iteration>", e.g. "fine-tune@2": for resume tests

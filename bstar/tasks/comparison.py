@@ -12,23 +12,7 @@ import json
 
 from prefect import task
 
-from bstar.config import CompareConfig, ConfigError, RunConfig, load_compare_config
-
-
-def resolve_compare(config: dict | str, overrides: list[str] | None, compare_id: str | None) -> tuple[CompareConfig, str]:
-    from prefect.runtime import flow_run
-
-    from bstar.config import apply_overrides
-
-    if isinstance(config, str):
-        cc = load_compare_config(config, overrides)
-    else:
-        try:
-            cc = CompareConfig.model_validate(apply_overrides(dict(config), overrides))
-        except ValueError as err:
-            raise ConfigError(f"invalid comparison config: {err}") from None
-    # the flow-run id survives a UI "Retry", so a retried comparison finds its cached stages
-    return cc, compare_id or f"{cc.name}-{str(flow_run.get_id() or 'local')[:8]}"
+from bstar.config import CompareConfig, RunConfig
 
 
 def start_config(cc: CompareConfig, compare_id: str) -> RunConfig:
@@ -47,18 +31,12 @@ def start_config(cc: CompareConfig, compare_id: str) -> RunConfig:
     return cfg
 
 
-def table_k_s(cfg: RunConfig) -> tuple[int, int]:
-    """The K and S the table reports: the largest evaluated K, the largest S <= K."""
-    k = max(cfg.eval.ks) if cfg.eval.k else 1
-    return k, max([s for s in cfg.eval.ss if s <= k] or [1])
-
-
 @task(name="compare-table")
 def compare_table(compare_id: str, start_cfg_json: str, compare_json: str) -> dict:
     import polars as pl
     from prefect.artifacts import create_markdown_artifact
 
-    from bstar.reports.compare import comparison_table, markdown, per_round, trajectories
+    from bstar.reports.compare import comparison_table, markdown, per_round, table_k_s, trajectories
     from bstar.storage.catalog import connect
     from bstar.tasks.common import load_cfg
 

@@ -206,6 +206,12 @@ def round_markdown(run_id: str, iteration: int, summary: dict, grid: pl.DataFram
     return "\n".join(lines)
 
 
+def round_key(run_id: str, iteration: int) -> str:
+    from bstar.reports.artifacts import artifact_key
+
+    return artifact_key(run_id, f"round-{iteration}")
+
+
 @task(name="publish-round")
 def publish_round(run_id: str, iteration: int, summary: dict, cfg_json: str) -> str:
     """Attach the round's markdown summary to the flow run (shown in the Prefect UI)."""
@@ -215,19 +221,65 @@ def publish_round(run_id: str, iteration: int, summary: dict, cfg_json: str) -> 
     lake = lake_of(cfg)
     grid = lake.read("search", run_id, iteration) if lake.exists("search", run_id, iteration) else None
     metrics = lake.read("metrics", run_id, iteration)
-    key = f"{run_id}-round-{iteration}".lower().replace("_", "-").replace(".", "-")
+    key = round_key(run_id, iteration)
     create_markdown_artifact(
         markdown=round_markdown(run_id, iteration, summary, grid, metrics, round_notes(cfg, metrics)),
-        key=key[:100],
+        key=key,
         description=f"B-STaR round {iteration} of {run_id}",
     )
     return key
 
 
-@task(name="publish-report")
-def publish_report(run_id: str, cfg_json: str) -> list[str]:
-    """The run report's plots as Prefect artifacts of this flow run (the UI shows them)."""
-    from bstar.reports import publish_report_artifacts
+def _artifact_link(key: str) -> str:
+    """The UI page of artifact `key` (a bare key when no UI is known)."""
+    from bstar.reports.artifacts import ui_url
+
+    base = ui_url()
+    return f"{base.rstrip('/')}/artifacts/key/{key}" if base else key
+
+
+@task(name="publish-rounds")
+def publish_rounds(run_id: str, rounds_done: int, cfg_json: str, report: str | None = None) -> str:
+    """The run's round × metric table (`<run>-rounds`) on the top-level flow run, from the lake,
+    linked to the round artifacts so far and, once written, to the HTML report."""
+    from bstar.reports.artifacts import publish_rounds_artifact
 
     cfg = load_cfg(cfg_json)
-    return publish_report_artifacts(run_id, cfg.storage.root, storage_options=cfg.storage.storage_options() or None)
+    links = {f"round {i}": _artifact_link(round_key(run_id, i)) for i in range(1, rounds_done + 1)}
+    if report:
+        links["HTML report"] = report
+    return publish_rounds_artifact(run_id, cfg, links)
+
+
+@task(name="publish-report")
+def publish_report(run_id: str, cfg_json: str) -> dict:
+    """The run's report: the HTML page written into the lake (`{root}/_reports/<run>.html`) with a
+    link artifact to it, and the report's plots as Prefect artifacts of this flow run."""
+    from prefect.artifacts import create_link_artifact
+
+    from bstar.reports import publish_report_artifacts, write_lake_report
+    from bstar.reports.artifacts import artifact_key
+
+    cfg = load_cfg(cfg_json)
+    options = cfg.storage.storage_options() or None
+    location = write_lake_report(run_id, cfg.storage.root, options)
+    link = report_link(lake_of(cfg), location)
+    create_link_artifact(link=link, link_text=location, key=artifact_key(run_id, "report-html"),
+                         description=f"the HTML report of {run_id}, written to {location}")
+    keys = publish_report_artifacts(run_id, cfg.storage.root, storage_options=options)
+    return {"html": location, "link": link, "artifacts": keys}
+
+
+REPORT_LINK_EXPIRES_S = 7 * 24 * 3600  # the longest an S3 presigned URL may live
+
+
+def report_link(lake, location: str) -> str:
+    """A URL a browser opens: `file://` for a local lake, a presigned URL (valid 7 days) for S3."""
+    if not lake.is_s3:
+        from pathlib import Path
+
+        return Path(location).as_uri()
+    try:
+        return lake.fs.url(location.split("://", 1)[1], expires=REPORT_LINK_EXPIRES_S)
+    except Exception:  # noqa: BLE001 - a store that cannot presign still has the location
+        return location

@@ -210,6 +210,11 @@ def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, complet
             }
         )
     lake.write("annotations", out, run_id, iteration, ANNOTATE_STAGE, part=part)
+    n_hard = sum(r["hard_label"] for r in out)
+    log.info("annotate chunk %d (round %d): %d steps labelled (%d hard-positive, mean soft label %.3f) in %d "
+             "solutions of %d queries; %d step prefixes x %d rollouts = %d rollouts; sampling %.1f s, rollouts %.1f s",
+             chunk, iteration, len(out), n_hard, sum(r["soft_label"] for r in out) / max(1, len(out)), cands.height,
+             len(qids), len(keys), t.rollouts, len(pairs), t_sample, t_roll)
     return {
         "chunk": chunk, "queries": len(qids), "solutions": cands.height, "steps": len(out),
         "prefixes_rolled_out": len(keys), "rollouts": len(pairs),
@@ -262,6 +267,11 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
         provenance={"run_id": run_id, "iteration": iteration, "labels": t.label, "annotations": "math-shepherd"},
     )
     path = publish_checkpoint(cfg, info.path, out)
+    tail = info.losses[-10:]
+    log.info("PRM training (round %d): %d steps on %d annotated solutions (%d step labels, %.1f%% positive, %d "
+             "dropped by truncation), final loss %.4f (mean of the last %d steps), %.1f s -> %s", iteration,
+             info.steps, info.examples, info.step_labels, 100 * info.positive_rate, info.truncated_labels,
+             sum(tail) / max(1, len(tail)), len(tail), info.seconds, path)
     lake.write("checkpoints", [{"step": info.steps, "path": path, "mode": "prm"}], run_id, iteration, stage="prm")
     return {"prm": path, "examples": info.examples, "step_labels": info.step_labels,
             "positive_rate": round(info.positive_rate, 4), "final_loss": round(sum(info.losses[-10:]) / 10, 4),

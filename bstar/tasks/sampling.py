@@ -12,6 +12,7 @@ is unique per (query, stage): temperature index * K + j.
 from __future__ import annotations
 
 import logging
+import time
 
 import polars as pl
 
@@ -46,6 +47,7 @@ def sample_candidates(
     calls = [dict(run_id=run_id, iteration=iteration, stage=stage, subset=subset, policy=policy,
                   temperatures=temperatures, k=k, shard=i, shards=len(bounds), cfg_json=cfg_json)
              for i in range(len(bounds))]
+    t0 = time.time()
     done = run_shards(cfg, sample_shard, calls, "sampling")
     # a rerun with another chunk size or sharding (or an older lake's single part) leaves no extra rows
     lake = lake_of(cfg)
@@ -53,8 +55,18 @@ def sample_candidates(
     for temperature in temperatures:
         lake.prune_parts("candidates", run_id, iteration, stage, chunk_parts_re(part_name(subset, temperature)),
                          written)
-    return {"stage": stage, "iteration": iteration, "candidates": sum(d["candidates"] for d in done),
+    n = sum(d["candidates"] for d in done)
+    seconds = time.time() - t0
+    log.info("sample %s (round %d, subset %s): %d candidates written = %d queries x K=%d x %d temperature(s) %s, "
+             "in %d shard(s), %.1f s with model loading (%.1f generations/s)", stage, iteration, subset, n, n_queries,
+             k, len(temperatures), temperature_list(temperatures), len(bounds), seconds, n / max(seconds, 1e-9))
+    return {"stage": stage, "iteration": iteration, "candidates": n,
             "queries": n_queries, "shards": len(bounds)}
+
+
+def temperature_list(temperatures: list[float]) -> str:
+    """`t=0.6, 1` (0 is greedy)."""
+    return "t=" + ", ".join(f"{t:g}" for t in temperatures)
 
 
 @stage_task(tags=("gpu",))
@@ -88,6 +100,7 @@ def sample_shard(
         prompts = render_prompts(cfg, frame, sampler.tokenizer)
         for t_idx, temperature in enumerate(temperatures):
             base = shard_name(part_name(subset, temperature), shard, shards)
+            t0, n_before, tokens = time.time(), n, 0
             # an empty subset still writes one (empty) part: the stage ran
             for c, lo in enumerate(range(0, max(len(qids), 1), per_chunk)):
                 chunk_qids = qids[lo : lo + per_chunk]
@@ -120,6 +133,11 @@ def sample_shard(
                 lake.write("candidates", rows, run_id, iteration, stage, part=chunk_part(base, c))
                 written.append(chunk_part(base, c))
                 n += rows.height
+                tokens += int(rows["n_tokens"].sum() or 0)
+            seconds = time.time() - t0
+            log.info("sample %s shard %d/%d t=%g: %d candidates (%d queries x K=%d), %d tokens, %.1f s: "
+                     "%.1f generations/s, %.0f tokens/s", stage, shard + 1, shards, temperature, n - n_before,
+                     len(qids), k, tokens, seconds, (n - n_before) / max(seconds, 1e-9), tokens / max(seconds, 1e-9))
     return {"shard": shard, "candidates": n, "queries": frame.height, "parts": written}
 
 

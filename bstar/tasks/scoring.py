@@ -21,6 +21,7 @@ from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, st
 from bstar.tasks.data import as_rows, read_queries
 from bstar.tasks.shards import run_shards, shard_bounds, shard_name
 from bstar.tasks.scorers import PRM_SUFFIX, base_verifier, rewards_part, verifier_of
+from bstar.verifiers.base import SCORER_FAILURES
 from bstar.verifiers.distinct import VerdictCache, verify_distinct
 
 __all__ = ["PRM_SUFFIX", "base_verifier", "rewards_part", "score_candidates", "verifier_of", "verify_frame"]
@@ -90,11 +91,22 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
         for k, n in d["status"].items():
             status[k] = status.get(k, 0) + n
     total = {k: sum(d[k] for d in done) for k in ("scored", "correct", "verifications", "distinct_responses", "chunks")}
-    log.info("%s %s: %d candidates (%d distinct responses), %d grader calls", stage, scorer, total["scored"],
-             total["distinct_responses"], total["verifications"])
+    log.info("%s", verdict_line(stage, iteration, scorer, total, status, len(bounds)))
     return {"stage": stage, "scorer": scorer, "scored": total["scored"], "correct": total["correct"],
             "status": dict(sorted(status.items())), "verifications": total["verifications"],
             "distinct_responses": total["distinct_responses"], "chunks": total["chunks"], "shards": len(bounds)}
+
+
+def verdict_line(stage: str, iteration: int, scorer: str, total: dict, status: dict[str, int], shards: int) -> str:
+    """`score search (round 1) with arith: 384 candidates: 97 correct, 287 incorrect, 0 without a
+    verdict (scorer failures); statuses no_answer 12, ok 372; 290 distinct responses, 290 grader calls`."""
+    failed = sum(n for s, n in status.items() if s in SCORER_FAILURES)
+    incorrect = total["scored"] - total["correct"] - failed
+    statuses = ", ".join(f"{s} {n}" for s, n in sorted(status.items())) or "none"
+    return (f"score {stage} (round {iteration}) with {scorer}: {total['scored']} candidates: {total['correct']} "
+            f"correct, {incorrect} incorrect, {failed} without a verdict (scorer failures); statuses {statuses}; "
+            f"{total['distinct_responses']} distinct responses, {total['verifications']} grader calls, "
+            f"{shards} shard(s)")
 
 
 @stage_task

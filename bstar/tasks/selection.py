@@ -6,9 +6,13 @@ Both read scored candidates back from the lake (one scorer), run the pure algori
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
 
 from bstar.tasks.common import lake_of, load_cfg, stage_task
+
+log = logging.getLogger(__name__)
 
 SCORED_SCHEMA = {"query_id": pl.String, "sample_idx": pl.Int32, "temperature": pl.Float64, "response": pl.String,
                  "correct": pl.Boolean, "reward": pl.Float64, "status": pl.String}
@@ -68,6 +72,12 @@ def search_config(
     grid = stage_balance_grid(lake, cfg, run_id, iteration, "search", scorer, thresholds)
     chosen = choose_config(grid, temperature=fixed.get("temperature"), threshold=fixed.get("threshold"))
     lake.write("search", mark_chosen(grid, chosen), run_id, iteration)
+    n_t, n_thr = grid["temperature"].n_unique(), grid["threshold"].n_unique()
+    log.info("search (round %d): chose t=%g, τ=%g with balance score %.4f (%s selected, %s unique correct over %s "
+             "queries) on a grid of %d temperature(s) x %d threshold(s) = %d cells%s", iteration,
+             chosen["temperature"], chosen["threshold"], chosen["balance_score"], chosen.get("n_selected"),
+             chosen.get("n_unique_correct"), chosen.get("n_queries"), n_t, n_thr, grid.height,
+             f", pinned {fixed}" if fixed else "")
     return {k: (float(v) if isinstance(v, float) else v) for k, v in chosen.items()}
 
 
@@ -80,13 +90,22 @@ def select_data(run_id: str, iteration: int, scorer: str, threshold: float, cfg_
     lake = lake_of(cfg)
     # only what passes τ is kept from each chunk; the selection itself runs once over those rows
     passing = pl.col("reward").is_not_null() & ~pl.col("reward").is_nan() & (pl.col("reward") > float(threshold))
-    chunks = [c.filter(passing) for c in scored_chunks(lake, run_id, iteration, "train", scorer,
-                                                        rows=cfg.storage.chunk_rows)]
+    chunks, n_candidates, n_queries = [], 0, 0
+    for c in scored_chunks(lake, run_id, iteration, "train", scorer, rows=cfg.storage.chunk_rows):
+        n_candidates += c.height
+        n_queries += c["query_id"].n_unique()  # a query's candidates are in one chunk
+        chunks.append(c.filter(passing))
     scored = pl.concat(chunks) if chunks else pl.DataFrame(schema=SCORED_SCHEMA)
     kept = select_training_data(scored, threshold, max_per_query=cfg.selection.max_per_query)
     rows = kept.select("query_id", "sample_idx", "reward", "temperature", "response").cast(SELECTION_SCHEMA)
     gold = gold_rows(cfg, run_id) if cfg.selection.include_gold else rows.clear()
     lake.write("selections", pl.concat([rows, gold]), run_id, iteration, "train")
+    cap = cfg.selection.max_per_query
+    log.info("select (round %d): %d responses selected for training from %d of %d queries (%d scored candidates, "
+             "%d with reward > τ=%g, kept %s; %d of the selected correct)%s", iteration, rows.height,
+             rows["query_id"].n_unique(), n_queries, n_candidates, scored.height, threshold,
+             f"at most {cap} distinct per query" if cap else "once per distinct response", int(kept["correct"].sum()),
+             f"; plus {gold.height} gold solutions" if gold.height else "")
     return {
         "iteration": iteration,
         "selected": rows.height,
@@ -120,4 +139,6 @@ def select_gold(run_id: str, iteration: int, cfg_json: str) -> dict:
     cfg = load_cfg(cfg_json)
     rows = gold_rows(cfg, run_id)
     lake_of(cfg).write("selections", rows, run_id, iteration, "train")
+    log.info("select (round %d): %d gold solutions of the warm-up seed set as the training data (no sampling)",
+             iteration, rows.height)
     return {"iteration": iteration, "selected": rows.height, "queries": rows.height, "correct": rows.height}

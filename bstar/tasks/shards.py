@@ -24,10 +24,13 @@ caches.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from bstar.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 # forwarded to every Ray worker of a run: where the Prefect API is (shard task runs report there
 # and read the run's result storage) and the lake's object-store credentials
@@ -135,6 +138,8 @@ def _run_on_ray(cfg: RunConfig, shard_task, calls: list[dict], resources: str) -
     task = shard_task.with_options(result_storage=result_storage(cfg, run_id))
     stage = calls[0].get("stage") or shard_task.name
     iteration = calls[0].get("iteration", 0)
+    log.info("%s %s (round %s): %d shard(s) on Ray, each asking for %g CPU(s), %g GPU(s)", shard_task.name, stage,
+             iteration, len(calls), ask.num_cpus, ask.num_gpus)
 
     @flow(name="bstar-shards", flow_run_name=f"{run_id}-it{iteration}-{shard_task.name}-{stage}",
           task_runner=RayTaskRunner(address=cfg.execution.address, init_kwargs=ray_init_kwargs(cfg)),

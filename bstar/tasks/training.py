@@ -8,6 +8,7 @@ and one LR schedule over all rounds).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -18,6 +19,8 @@ from bstar.tasks.common import (checkpoint_dir, checkpoint_location, lake_of, lo
 from bstar.tasks.data import as_rows, read_queries, warmup_queries
 from bstar.tasks.prompts import render_prompts, template_of
 from bstar.tasks.shards import run_shards
+
+log = logging.getLogger(__name__)
 
 
 def _trainer_kwargs(cfg) -> dict:
@@ -124,9 +127,15 @@ def warm_up_on_node(run_id: str, cfg_json: str) -> dict:
     if w.steps > 0:
         train = warmup_queries(cfg, run_id)
         start = local_checkpoint(cfg, model)
-        info = sft_warmup(gold_examples(cfg, train, start), start, checkpoint_dir(cfg, run_id, "warmup"),
+        examples = gold_examples(cfg, train, start)
+        log.info("warm-up: SFT of %s on %d gold solutions for %d steps", model, len(examples), w.steps)
+        info = sft_warmup(examples, start, checkpoint_dir(cfg, run_id, "warmup"),
                           max_steps=w.steps, **warmup_trainer_kwargs(cfg))
         path, step = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, "warmup")), info.step
+        log.info("warm-up: %d steps, final loss %s, %d response tokens, %.1f s -> %s", len(info.losses),
+                 _final(info.losses), info.tokens, info.seconds, path)
+    else:
+        log.info("warm-up: none configured (training.warmup.steps 0); the run starts from %s", path)
     lake.write("checkpoints", [{"step": step, "path": path, "mode": "warmup"}], run_id, 0)
     return {"policy": path, "step": step}
 
@@ -155,6 +164,8 @@ def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cf
     if selected.is_empty():
         # Nothing passed the threshold: the round keeps its starting policy rather than failing.
         step = _step_of(start_dir)
+        log.warning("fine-tune (round %d): no responses selected; the round keeps its starting policy %s",
+                    iteration, start)
         lake.write("checkpoints", [{"step": step, "path": start, "mode": mode}], run_id, iteration)
         return {"policy": start, "step": step, "examples": 0}
     selected = selected.sort("query_id", "sample_idx")
@@ -164,6 +175,8 @@ def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cf
     prompt_of = dict(zip(queries["query_id"].to_list(), render_prompts(cfg, queries, start_dir)))
     examples = [(prompt_of[q], r) for q, r in zip(selected["query_id"].to_list(), selected["response"].to_list())]
     name = f"iter-{iteration}"
+    log.info("fine-tune (round %d, %s from %s): %d selected responses of %d queries, %s", iteration, mode, start,
+             len(examples), len(prompt_of), ", ".join(f"{k} {v:g}" for k, v in round_steps(cfg).items()))
     info = train_sft(
         examples,
         start_dir,
@@ -174,8 +187,18 @@ def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cf
         **_trainer_kwargs(cfg),
     )
     path = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, name))
+    log.info("fine-tune (round %d): %d steps to lineage step %d, final loss %s, %d response tokens, %.1f s -> %s",
+             iteration, len(info.losses), info.step, _final(info.losses), info.tokens, info.seconds, path)
     lake.write("checkpoints", [{"step": info.step, "path": path, "mode": mode}], run_id, iteration)
     return {"policy": path, "step": info.step, "examples": len(examples)}
+
+
+def _final(losses: list[float]) -> str:
+    """The last step's loss and the mean of the last ten, for a log line."""
+    if not losses:
+        return "n/a (no steps)"
+    tail = losses[-10:]
+    return f"{losses[-1]:.4f} (mean of the last {len(tail)} steps {sum(tail) / len(tail):.4f})"
 
 
 def _step_of(checkpoint: str) -> int:

@@ -12,96 +12,22 @@ run_id, leave every part file written by the first attempt untouched, skip the c
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.prefect_server import free_port, server_env
+from tests.prefect_server import BIN, REPO, Serve, log_tail, prefect_server_process
+from tests.prefect_server import wait_final as _wait_final
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SMOKE_REL = "deployments/configs/smoke.yaml"
 DEPLOYMENT = "bstar-run/bstar-run"
 FAULT = "fine-tune@2"
-
-SERVER_START_TIMEOUT = 180
-SERVE_READY_TIMEOUT = 180
 RUN_TIMEOUT = 900  # one attempt of the smoke run; the machine may be shared and slow
-
-_started: list[subprocess.Popen] = []  # every process this module started, for atexit
-
-
-# -- processes ---------------------------------------------------------------------------------
-
-
-def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    fh = open(log, "ab")
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
-    fh.close()
-    _started.append(proc)
-    return proc
-
-
-def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
-    try:
-        p = psutil.Process(proc.pid)
-        return [p, *p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _stop(proc: subprocess.Popen, grace: float = 30.0) -> list[psutil.Process]:
-    """SIGTERM the process group (then SIGKILL); returns the processes that are still alive."""
-    tree = _tree(proc)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is None or any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for p in tree:  # children that left the group (e.g. their own session)
-                try:
-                    p.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-            psutil.wait_procs(tree, timeout=grace if sig == signal.SIGTERM else 10)
-    if proc.poll() is None:
-        proc.wait(timeout=10)
-    return [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
-@atexit.register
-def _stop_all() -> None:
-    for proc in _started:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _log_tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except FileNotFoundError:
-        return "(no log)"
+_log_tail = log_tail
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -109,45 +35,9 @@ def _log_tail(path: Path, n: int = 4000) -> str:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on a free port; yields (api_url, base env for clients)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    logs = tmp_path_factory.mktemp("logs")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = server_env(home, PREFECT_LOGGING_LEVEL="INFO")
-    log = logs / "server.log"
-    proc = _start(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{_log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {SERVER_START_TIMEOUT}s:\n{_log_tail(log)}")
-            time.sleep(1)
-        yield {"api": api, "env": {**env, "PREFECT_API_URL": api}, "logs": logs}
-    finally:
-        alive = _stop(proc)
-        assert not alive, f"prefect server processes survived teardown: {alive}"
-        # anything else still running with this PREFECT_HOME (serve processes, flow-run subprocesses)
-        strays = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if p.pid != os.getpid() and p.environ().get("PREFECT_HOME") == str(home):
-                    strays.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        for p in strays:
-            p.kill()
-        assert not strays, f"stray processes of the server test: {[(p.pid, p.info['cmdline']) for p in strays]}"
+    """A real `prefect server start` on a free port; yields {api, env, logs}."""
+    with prefect_server_process(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs")) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -163,63 +53,16 @@ def client(prefect_server):
 # -- helpers -----------------------------------------------------------------------------------
 
 
-class Server:
-    """`bstar serve --limit 1` processes started by one test; all stopped at the end."""
-
-    def __init__(self, prefect_server, client):
-        self.base_env = prefect_server["env"]
-        self.logs = prefect_server["logs"]
-        self.client = client
-        self.procs: list[subprocess.Popen] = []
-        self.log: Path | None = None
-
-    def start(self, fault: str | None) -> subprocess.Popen:
-        env = {**self.base_env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-        env.pop("BSTAR_INJECT_FAULT", None)
-        if fault:
-            env["BSTAR_INJECT_FAULT"] = fault
-        self.log = self.logs / f"serve-{len(self.procs)}.log"
-        proc = _start([str(BIN / "bstar"), "serve", "--limit", "1"], env, self.log)
-        self.procs.append(proc)
-        # ready once the runner has (re)registered the deployment and is polling for runs
-        deadline = time.monotonic() + SERVE_READY_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bstar serve exited with {proc.returncode}:\n{_log_tail(self.log)}")
-            if "being served" in _log_tail(self.log, 100_000):
-                return proc
-            if time.monotonic() > deadline:
-                pytest.fail(f"bstar serve not ready after {SERVE_READY_TIMEOUT}s:\n{_log_tail(self.log)}")
-            time.sleep(1)
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        alive = _stop(proc)
-        assert not alive, f"bstar serve processes survived: {alive}"
-
-    def stop_all(self) -> list[psutil.Process]:
-        alive = []
-        for proc in self.procs:
-            alive += _stop(proc)
-        return alive
-
-
 @pytest.fixture()
 def serving(prefect_server, client):
-    s = Server(prefect_server, client)
+    s = Serve(prefect_server)
     yield s
     alive = s.stop_all()
     assert not alive, f"bstar serve processes survived teardown: {alive}"
 
 
 def wait_final(client, flow_run_id, log: Path | None, timeout: float = RUN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        fr = client.read_flow_run(flow_run_id)
-        if fr.state is not None and fr.state.is_final():
-            return fr
-        if time.monotonic() > deadline:
-            pytest.fail(f"flow run {flow_run_id} not final after {timeout}s (state {fr.state}):\n{_log_tail(log)}")
-        time.sleep(3)
+    return _wait_final(client, flow_run_id, log, timeout)
 
 
 def part_files(root: str) -> dict[str, tuple[int, int, str]]:

@@ -71,13 +71,15 @@ def test_per_round_monitoring_of_every_arm():
     train = pl.DataFrame(
         [("c-bstar-seed0", 1, "balance_score", None, None, 0.45), ("c-bstar-seed0", 1, "search_balance_score", None, None, 0.5),
          ("c-gold-only", 1, "selected", None, None, 0.0), ("c-bstar-seed0", 1, "selected", None, None, 120.0),
+         ("c-bstar-seed0", 1, "selected_queries", None, None, 40.0),
          ("c-bstar-seed0", 2, "balance_score", None, None, 0.52)],
         schema=["run_id", "iteration", "name", "k", "s", "value"], orient="row",
     ).with_columns(pl.lit("train").alias("split"))
     metrics = pl.concat([metric_rows(), train.select(metric_rows().columns)])
     rounds = per_round(metrics, search, ARMS, k=4, s=2)
     b1 = rounds.filter((pl.col("run_id") == "c-bstar-seed0") & (pl.col("iteration") == 1)).row(0, named=True)
-    assert (b1["Pass@1"], b1["balance"], b1["search balance"], b1["selected"]) == (0.5, 0.45, 0.5, 120.0)
+    assert (b1["Pass@1"], b1["balance"], b1["search balance"], b1["selected"], b1["selected queries"]) == (
+        0.5, 0.45, 0.5, 120.0, 40.0)
     assert (b1["temperature"], b1["threshold"], b1["Pass@K"]) == (0.9, 0.5, None)
     b2 = rounds.filter((pl.col("run_id") == "c-bstar-seed0") & (pl.col("iteration") == 2)).row(0, named=True)
     assert (b2["Pass@K"], b2["Pass@K-S"], b2["Reward@K-S"], b2["balance"]) == (0.8, 0.7, 0.3, 0.52)
@@ -85,5 +87,5 @@ def test_per_round_monitoring_of_every_arm():
     header, rows = per_round_rows(rounds)
     assert rows[1][:13] == ["bstar", "0", "2", "test-arith", "60.0", "80.0", "70.0", "30.0", "—", "0.5200", "—", "—", "—"]
     assert rows[-1][:2] == ["gold-only", "—"]
-    assert "| bstar | 0 | 1 | test-arith | 50.0 | — | — | — | — | 0.4500 | 0.5000 | 120 | 0.90 | 0.50 |" in markdown(
+    assert "| bstar | 0 | 1 | test-arith | 50.0 | — | — | — | — | 0.4500 | 0.5000 | 120 | 40 | 0.90 | 0.50 |" in markdown(
         comparison_table(metrics, ARMS, "c-start", k=4, s=2), trajectories(search, metrics, ARMS), 4, 2, rounds)
