@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(WHEELS) torch==2.13.0
-	$(PY) -m pip install --quiet $(WHEELS) -e '.[test,ray]'
+	$(PY) -m pip install --quiet $(WHEELS) -e '.[test,ray,tracking]'
 	touch $(STAMP)
 
 $(SMOLLM2): $(STAMP)

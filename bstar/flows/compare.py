@@ -60,7 +60,10 @@ def compare(config: CompareConfig | str, root: str | None = None, compare_id: st
     from prefect import get_run_logger
 
     from bstar.config import arm_run_config
-    from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_compare_config
+    from bstar.flows.params import (
+        config_failure, default_run_id, describe_source, name_flow_run,
+        publish_config, resolve_compare_config,
+    )
     from bstar.flows.run import bstar_run
     from bstar.tasks.common import result_storage
     from bstar.tasks.comparison import compare_table, start_config
@@ -72,6 +75,7 @@ def compare(config: CompareConfig | str, root: str | None = None, compare_id: st
     compare_id = compare_id or default_run_id(cc.name)
     get_run_logger().info("comparison %s: lake %s; arms %s x seeds %s", compare_id, cc.base.storage.root,
                           ", ".join(a.name for a in cc.arms), cc.seeds)
+    name_flow_run(compare_id)
     publish_config(compare_id, cc, describe_source(config), overrides)
     start_cfg = start_config(cc, compare_id)
     start_id = f"{compare_id}-start"

@@ -48,7 +48,10 @@ def evaluate(checkpoint: str, config: RunConfig | str, root: str | None = None, 
     from prefect import get_run_logger
 
     from bstar import code_version
-    from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_config
+    from bstar.flows.params import (
+        config_failure, default_run_id, describe_source, name_flow_run,
+        publish_config, resolve_config,
+    )
     from bstar.tasks.common import result_storage
     from bstar.tasks.data import record_run
 
@@ -59,6 +62,7 @@ def evaluate(checkpoint: str, config: RunConfig | str, root: str | None = None, 
     cfg.name = f"eval-{cfg.name}"
     run_id = run_id or cfg.run_id or default_run_id(cfg.name)
     get_run_logger().info("evaluation run %s of %s: lake %s", run_id, checkpoint, cfg.storage.root)
+    name_flow_run(run_id)
     publish_config(run_id, cfg, describe_source(config), overrides)
     cfg_json = cfg.to_json()
     record_run(run_id, cfg_json, code_version())

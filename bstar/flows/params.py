@@ -73,6 +73,22 @@ def default_run_id(name: str) -> str:
     return f"{name}-{str(flow_run.get_id() or 'local')[:8]}"
 
 
+def name_flow_run(run_id: str) -> None:
+    """Rename the current flow run after the bstar run it carries, so the UI's run list shows run
+    ids instead of Prefect's random names (which a run started from a form gets)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    fid = flow_run.get_id()
+    if not fid or flow_run.get_name() == run_id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(fid, name=run_id)
+    except Exception:  # noqa: BLE001 - a name is a convenience, never a failure
+        pass
+
+
 def config_yaml(cfg: RunConfig | CompareConfig) -> str:
     """The config as YAML, secrets left out (as `runs.config` stores it)."""
     exclude = {"storage": {"key", "secret"}} if isinstance(cfg, RunConfig) else {"base": {"storage": {"key", "secret"}}}

@@ -67,7 +67,10 @@ def prm_run(config: RunConfig | str, root: str | None = None, run_id: str | None
     from bstar import code_version
     from bstar.flows.evaluate import evaluate_policy
     from bstar.flows.iteration import iteration
-    from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_config
+    from bstar.flows.params import (
+        config_failure, default_run_id, describe_source, name_flow_run,
+        publish_config, resolve_config,
+    )
     from bstar.tasks.common import result_storage
     from bstar.tasks.data import record_run
     from bstar.tasks.prm import evaluate_prm, prm_checkpoint_dir, prm_ranking_metrics
@@ -85,6 +88,7 @@ def prm_run(config: RunConfig | str, root: str | None = None, run_id: str | None
         cfg.reward.prm = prm_checkpoint_dir(cfg, run_id)  # where train_prm saves it: every stage scores with it
     get_run_logger().info("PRM run %s: lake %s; PRM %s %s", run_id, cfg.storage.root,
                           "trained into" if train_it else "from", cfg.reward.prm)
+    name_flow_run(run_id)
     publish_config(run_id, cfg, describe_source(config), overrides)
     cfg_json = cfg.to_json()
     cached = result_storage(cfg, run_id)

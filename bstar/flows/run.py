@@ -21,16 +21,15 @@ from bstar import code_version
 from bstar.config import ConfigError, RunConfig, config_from_json
 from bstar.flows.evaluate import evaluate_policy
 from bstar.flows.iteration import iteration
-from bstar.flows.params import config_failure, default_run_id, describe_source, publish_config, resolve_config
+from bstar.flows.params import (
+    config_failure, default_run_id, describe_source, name_flow_run,
+    publish_config, resolve_config,
+)
 from bstar.preflight import preflight
 from bstar.tasks.common import lake_of, result_storage
 from bstar.tasks.data import record_run
 from bstar.tasks.evaluation import publish_report, publish_rounds
-try:  # TEMPORARY until bstar/tasks/tracking.py lands
-    from bstar.tasks.tracking import track_round_task
-except ImportError:
-    def track_round_task(*a, **k):
-        return None
+from bstar.tasks.tracking import track_round_task
 from bstar.tasks.training import warm_up
 
 
@@ -78,6 +77,7 @@ def bstar_run(config: RunConfig | str, root: str | None = None, run_id: str | No
     cfg = recorded_config(cfg, run_id)
     log.info("run %s: lake %s; %s, %d rounds; %s", run_id, cfg.storage.root, cfg.method, cfg.iterations,
              cfg.search_summary())
+    name_flow_run(run_id)
     publish_config(run_id, cfg, describe_source(config), overrides)
     preflight(cfg)  # started from the UI or a deployment, the same checks as `bstar run`
     cfg_json = cfg.to_json()

@@ -20,11 +20,12 @@ def prefect_harness():
 
 @pytest.fixture(scope="session")
 def smoke_run(prefect_harness, tmp_path_factory):
-    """One completed smoke run: (result dict, lake root)."""
+    """One completed smoke run, its rounds mirrored to TensorBoard under `{root}/_tb`: (result dict, lake root)."""
     from bstar.flows.run import bstar_run
 
     root = tmp_path_factory.mktemp("smoke-lake")
-    result = bstar_run(config=str(SMOKE), run_id="smoke-test", overrides=[f"storage.root={root}"])
+    result = bstar_run(config=str(SMOKE), run_id="smoke-test",
+                       overrides=[f"storage.root={root}", f"tracking.tensorboard_dir={root}/_tb"])
     return result, str(root)
 
 

@@ -65,6 +65,20 @@ def test_round_checkpoints_are_standard_hugging_face_directories(smoke_run):
     assert out["arch"] == "LlamaForCausalLM"
 
 
+def test_run_writes_its_report_into_the_lake_and_mirrors_rounds_to_tensorboard(smoke_run):
+    from bstar.tracking import read_tensorboard
+
+    result, root = smoke_run
+    assert result["report"] == f"{root}/_reports/smoke-test.html"
+    assert "<html" in Path(result["report"]).read_text()[:500].lower()
+    greedy = Lake(root).read("metrics", "smoke-test").filter(pl.col("name") == "greedy_pass@1").sort("iteration")
+    events = read_tensorboard(f"{root}/_tb/smoke-test").Scalars("test-arith/pass_at_1")
+    assert [(e.step, round(e.value, 6)) for e in events] == [
+        (r["iteration"], round(r["value"], 6)) for r in greedy.iter_rows(named=True)]
+    chosen = [(e.step, round(e.value, 6)) for e in read_tensorboard(f"{root}/_tb/smoke-test").Scalars("search/temperature")]
+    assert chosen == [(i, round(r["temperature"], 6)) for i, r in enumerate(result["rounds"], 1)]
+
+
 def test_rescore_adds_rewards_beside_the_old_ones_without_sampling(smoke_run):
     from bstar.flows.rescore import rescore
 
