@@ -46,7 +46,8 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # a string literal right under a field is its description (the JSON schema, the Prefect form)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 def _expand_grid(value: Any) -> Any:
@@ -76,12 +77,23 @@ class ModelConfig(Strict):
     models); `hidden_size`, `num_layers`, `num_heads` shape the tiny model only."""
 
     name_or_path: str = "tiny"
+    """The policy: `tiny` (a from-scratch ~1M-parameter Llama), a hub id, a checkpoint directory, a `.gguf` file,
+    or `package:NAME` (the GGUF file an installed Python package ships)."""
     gguf_file: str | None = None
+    """The `.gguf` file in the directory or hub repo `name_or_path` (or which one `package:NAME` ships); unset:
+    not a GGUF checkpoint, unless `name_or_path` is a `.gguf` file or `package:NAME`."""
     hidden_size: PositiveInt = 128
+    """Hidden size of the tiny model (`name_or_path: tiny` only)."""
     num_layers: PositiveInt = 4
+    """Transformer layers of the tiny model (`name_or_path: tiny` only)."""
     num_heads: PositiveInt = 4
+    """Attention heads of the tiny model (`name_or_path: tiny` only)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Precision the policy is loaded in for sampling (`auto`: bf16 on a CUDA GPU that supports it, else float32;
+    vLLM: its own `auto`) and that a GGUF checkpoint is de-quantized to (`auto`: float32)."""
     chat_template: bool = False
+    """Render every prompt with the tokenizer's chat template (instruct models); false: the dataset's own or the
+    paper's plain format (a dataset's `template` wins over both)."""
 
     @model_validator(mode="after")
     def _gguf(self) -> "ModelConfig":
@@ -96,24 +108,46 @@ class DatasetConfig(Strict):
     """One dataset: a built-in name, a local file, a hub id, or a user loader `pkg.module:function`."""
 
     name: str = "arith"
+    """A built-in (`arith`, `gsm8k`, `math`, `math500`, `apps`, `arc`), a registered dataset, or any name given
+    with `loader`; a test dataset's split is `test-<name>`."""
     path: str | None = None
+    """A local JSONL / JSON / Parquet file or an fsspec URL; unset: `hub_id`, else the built-in's own hub dataset."""
     hub_id: str | None = None
-    config: str | None = None  # the hub dataset's configuration (e.g. "main" for GSM8K)
+    """A hub dataset id (e.g. `openai/gsm8k`); unset: the built-in's own hub dataset (ignored when `path` is set)."""
+    config: str | None = None
+    """The hub dataset's configuration (e.g. `main` for GSM8K); unset: none for a `hub_id`, else the built-in's."""
     split: str = "train"
-    offset: NonNegInt = 0  # skip the first N valid rows (disjoint train / test parts of one file)
+    """The split to read (`train`, `test`, ...); for `arith`, which of its hash-disjoint train / test parts."""
+    offset: NonNegInt = 0
+    """Skip the first N valid rows (disjoint train / test parts of one file); not used by `arith`."""
     limit: PositiveInt | None = None
+    """Keep at most N rows (after `offset`); unset: all. For `arith`: the number of problems generated (unset: 1000)."""
     loader: str | None = None
+    """A `package.module:function` returning row dicts (`prompt`, `answer`, optional `query_id`, `meta`), called
+    with `options`; unset: the built-in (or registered) loader of `name`."""
     verifier: str | None = None
+    """Answer verifier: a registered name (e.g. `arith`, `gsm8k`, `math`, `code`, `multiple_choice`) or
+    `package.module:function`; unset: the dataset's own. A run grades every split with the training dataset's."""
     template: str | None = None
+    """Prompt template (`paper`, `arith`, `chat`, `arc`); unset: `chat` with `model.chat_template`, else the
+    dataset's own (`arith`, `arc`), else `paper`."""
     on_error: Literal["raise", "skip"] = "raise"
+    """A malformed row: `raise` fails the load naming it; `skip` leaves it out and counts it."""
     seed: int = 0
+    """Seed of the `arith` generator; `data.train.seed` also draws the warm-up's gold seed set."""
     # arith generator shape (ignored by other datasets)
     min_ops: PositiveInt = 1
+    """`arith` only: fewest operations per problem."""
     max_ops: PositiveInt = 4
+    """`arith` only: most operations per problem."""
     lo: NonNegInt = 0
+    """`arith` only: smallest operand (inclusive)."""
     hi: NonNegInt = 99
+    """`arith` only: largest operand (inclusive)."""
     ops: str = "+-"
-    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for a loader
+    """`arith` only: the operators problems draw from, any of `+`, `-`, `*`."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for `loader` (for `arith`: generator options such as `n`); empty: none."""
 
     @field_validator("loader")
     @classmethod
@@ -133,24 +167,37 @@ class DatasetConfig(Strict):
 
 class DataConfig(Strict):
     train: DatasetConfig = DatasetConfig(split="train", limit=2000)
+    """The training queries: the search subset, each round's M queries, the warm-up and PRM annotation draw on it."""
     test: list[DatasetConfig] = Field(default_factory=lambda: [DatasetConfig(split="test", limit=1000)], min_length=1)
+    """The test datasets (at least one), each evaluated every round as split `test-<name>`."""
 
 
 class SamplingConfig(Strict):
     """How candidates are drawn. `temperature` is the fixed one used by non-searching methods."""
 
-    # `transformers`, `vllm`, or a backend registered with bstar.models.sampling.register_sampler
     backend: str = "transformers"
+    """Sampler: `transformers`, `vllm`, or a backend registered with `bstar.models.sampling.register_sampler`."""
     k: PositiveInt = 8
+    """K: responses sampled per query, at every grid temperature of the search and in each round's sample."""
     temperature: Temperature = 1.0
+    """The fixed temperature t of methods that do not search it (`online-rft`, `iterative-rft`, `rest-em`,
+    `bstar-threshold`); 0 is greedy."""
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Nucleus sampling: draw from the smallest token set with this much probability (1: all; greedy ignores it)."""
     max_new_tokens: PositiveInt = 64
+    """Most tokens generated per response (every sampling stage, evaluation and PRM annotation included)."""
     batch_size: PositiveInt = 256
+    """`transformers` backend: rows (prompt x sample) decoded together, halved on out-of-memory."""
     seed: int = 0
+    """Sampling seed, combined with the run's `seed` into every draw's seed."""
     stop: list[str] = Field(default_factory=list)
+    """Strings that end a response when generated; empty: responses end at EOS or `max_new_tokens`."""
     tensor_parallel_size: PositiveInt = 1
+    """`vllm` backend: GPUs one engine's model is split over (tensor parallelism)."""
     data_parallel_size: PositiveInt = 1
+    """`vllm` backend: engines run side by side (one per GPU group), each on a slice of the prompts."""
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+    """`vllm` backend: the fraction of each GPU's memory vLLM may reserve."""
 
     @field_validator("backend")
     @classmethod
@@ -179,8 +226,12 @@ class SearchConfig(Strict):
     temperature at `sampling.temperature` (the paper's ablations)."""
 
     queries: PositiveInt = 600
+    """Training queries the search samples (K each at every temperature it tries): one seeded subset, every round."""
     temperatures: list[Temperature] = Field(default_factory=_paper_temperatures, min_length=1)
+    """The grid of temperatures t the search tries; a YAML file may give a `{start, stop, step}` range (both ends)."""
     thresholds: list[float] = Field(default_factory=_paper_thresholds, min_length=1)
+    """The grid of reward thresholds τ in [-2, 2] the search tries; a YAML file may give a `{start, stop, step}`
+    range (both ends)."""
 
     @field_validator("temperatures", "thresholds", mode="before")
     @classmethod
@@ -212,16 +263,27 @@ class PRMOptions(Strict):
     """
 
     format: Literal["auto", "bstar-scalar", "math-shepherd"] = "auto"
+    """The checkpoint's format; `auto`: its `prm_config.json`, else a Math-Shepherd model recognised by name."""
     step_delimiter: str | None = None
+    """Text that splits a response into steps; unset: the checkpoint's recorded one, else `; ` for arith and a
+    blank line otherwise."""
     aggregation: Literal["min", "mean", "last"] = "min"
+    """How a response's step scores become one: `min` (the paper), `mean` or `last`."""
     score: Literal["auto", "probability", "logit"] = "auto"
+    """What a step's output is: `probability` p (mapped to 2p - 1) or `logit` s (clip(s / scale, -1, 1));
+    `auto`: what the checkpoint records (probability unless it says otherwise)."""
     scale: Annotated[float, Field(gt=0)] = 1.0
-    # Math-Shepherd: the tag after each step and the tokens whose probabilities are compared there
+    """Logit scores only: a logit s becomes clip(s / scale, -1, 1)."""
     step_tag: str = "ки"
+    """Math-Shepherd: the tag written after each step, where the step's score is read."""
     good_token: str = "+"
+    """Math-Shepherd: the token whose probability at the tag marks a good step (against `bad_token`)."""
     bad_token: str = "-"
+    """Math-Shepherd: the token whose probability at the tag marks a bad step."""
     batch_size: PositiveInt = 64
+    """Responses the PRM scores per forward batch."""
     device: str = "auto"
+    """Where the PRM runs: `auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
 
 
 class PRMTrainConfig(Strict):
@@ -237,34 +299,56 @@ class PRMTrainConfig(Strict):
     """
 
     queries: PositiveInt = 200
+    """Training queries that get step annotations (a fixed, seeded subset)."""
     samples: PositiveInt = 4
+    """Solutions sampled from the policy per annotation query."""
     rollouts: PositiveInt = 4
+    """Completions rolled out from every step prefix; a step is good (hard label) when any reaches the gold answer."""
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    """Temperature t of the sampled solutions (0 is greedy)."""
     rollout_temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    """Temperature t of the rollouts from each step prefix (0 is greedy)."""
     completer: str | None = None
+    """The model that rolls out the completions (a checkpoint or hub id); unset: the (warmed-up) policy."""
     chunk_queries: PositiveInt = 100
+    """Annotation queries per chunk; each chunk is one cached task (a shard on Ray)."""
     label: Literal["hard", "soft"] = "hard"
+    """The label the PRM learns: `hard` (any rollout correct) or `soft` (the fraction of rollouts that are)."""
     steps: PositiveInt = 300
+    """PRM training: optimizer steps."""
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    """PRM training: learning rate."""
     batch_size: PositiveInt = 32
+    """PRM training: examples per optimizer step (the global batch, whatever `num_processes`)."""
     num_processes: PositiveInt = 1
+    """PRM training: processes, DDP through `accelerate launch` when > 1."""
     eval_queries: NonNegInt = 200
+    """PRM evaluation: the first N queries (by id) of the first test dataset."""
     eval_k: PositiveInt = 8
+    """PRM evaluation: responses sampled per query (at `eval.temperature`) for Best-of-K with the PRM."""
 
 
 class RewardConfig(Strict):
     """`answer`: 1[correct]. `answer+prm`: 1[correct] + PRM score in [-1, 1] (DESIGN.md §1 Rewards)."""
 
     kind: Literal["answer", "answer+prm"] = "answer"
-    verifier: str | None = None  # defaults to the training dataset's verifier
+    """The reward: `answer` = 1[correct]; `answer+prm` = 1[correct] + the PRM score in [-1, 1]."""
+    verifier: str | None = None
+    """The answer verifier (a registered name or `package.module:function`); unset: the training dataset's."""
     threshold: Annotated[float, Field(ge=-THRESHOLD_BOUND, le=THRESHOLD_BOUND)] = 0.0
-    prm: str | None = None  # a PRM checkpoint (directory or hub id)
+    """The fixed reward threshold τ (keep reward > τ) of methods that do not search it (`online-rft`,
+    `iterative-rft`, `rest-em`, `bstar-temperature`), in [-2, 2]."""
+    prm: str | None = None
+    """The PRM checkpoint (a directory or hub id) `answer+prm` scores with; unset: one trained first (`prm_train`)."""
     prm_options: PRMOptions = PRMOptions()
-    prm_train: PRMTrainConfig | None = None  # train the PRM first (`bstar prm run`) when `prm` is unset
+    """How the PRM scores a response."""
+    prm_train: PRMTrainConfig | None = None
+    """Math-Shepherd annotation and PRM training (`bstar prm run`), used when `prm` is unset; unset: none."""
     verify_workers: PositiveInt = 2
-    # hard limit per graded item; unset = the verifier's own (arith 5 s, math 10 s, code 90 s: a
-    # program's whole test budget plus sandbox start-up, so one shared default cut code short)
+    """Worker processes that grade answers in parallel."""
+    # per verifier, not one shared default: code needs a program's whole test budget plus sandbox start-up
     verify_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    """Hard limit per graded item, in seconds; unset: the verifier's own (arith 5 s, math 10 s, code 90 s)."""
 
     @model_validator(mode="after")
     def _prm_available(self) -> "RewardConfig":
@@ -289,13 +373,19 @@ class SelectionConfig(Strict):
     round's training data (RFT's recipe, not the paper's: B-STaR trains on self-generated data)."""
 
     n_target: PositiveInt = 6000
+    """N: the target of selected samples per round; gives n* = N / M and online rounds' steps with
+    `training.epochs` (it does not cap the selection)."""
     queries_per_round: PositiveInt = 1000
+    """M: training queries each round samples (consecutive slices of one seeded shuffle, wrapping around)."""
     n_star: Annotated[float, Field(gt=0)] | None = None
+    """n*, the balance score's target of distinct correct responses per query; unset: N / M (see `n_star_rounding`)."""
     n_star_rounding: Literal["none", "ceil", "floor"] = "none"
+    """`none` (the paper): n* = N / M as it is; `ceil` / `floor`: rounded to a whole number, at least 1."""
     max_per_query: PositiveInt | None = None
-    # RFT's recipe (Yuan et al., 2023): train each round on the warm-up's gold solutions plus
-    # the selected samples, so a round adds self-generated data instead of replacing the seed set
+    """Keep at most this many distinct selected responses per query, highest reward first; unset: all."""
     include_gold: bool = False
+    """RFT's recipe (Yuan et al., 2023): train each round on the warm-up's gold solutions plus the selected
+    samples, so a round adds self-generated data instead of replacing the seed set."""
 
     @property
     def target_per_query(self) -> float:
@@ -311,27 +401,47 @@ class WarmupConfig(Strict):
     """SFT warm-up on gold solutions before round 1 (skipped when `steps` is 0)."""
 
     examples: NonNegInt = 2000
+    """Size of the gold seed set: a random sample of training queries (seeded by `data.train.seed`); the `sft`
+    arm and `selection.include_gold` train on it too."""
     steps: NonNegInt = 0
+    """Optimizer steps of the warm-up; 0: no warm-up, round 1 starts from the initial policy (`model`)."""
     lr: Annotated[float, Field(gt=0)] = 2e-3
+    """Peak learning rate of the warm-up."""
     batch_size: PositiveInt = 64
+    """Examples per optimizer step of the warm-up (the global batch)."""
     # the tiny policy generalises from a small gold set far more reliably with weight decay (docs,
-    # README "Measured"); unset: the rounds' `training.weight_decay`
+    # README "Measured")
     weight_decay: Annotated[float, Field(ge=0)] | None = None
+    """AdamW weight decay of the warm-up; unset: the rounds' `training.weight_decay`."""
 
 
 class TrainingConfig(Strict):
-    mode: Literal["online", "iterative", "restart"] | None = None  # derived from `method` when unset
+    mode: Literal["online", "iterative", "restart"] | None = None
+    """Where a round starts: `online` (weights, optimizer, one LR schedule carried on), `iterative` (the previous
+    weights, a fresh optimizer), `restart` (the initial checkpoint); unset: derived from `method`."""
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    """Peak learning rate (AdamW; linear warm-up, then cosine decay)."""
     batch_size: PositiveInt = 64
+    """Examples per optimizer step: the global batch, whatever `grad_accum` and `num_processes`."""
     grad_accum: PositiveInt = 1
+    """Micro-batches accumulated per optimizer step (`batch_size` must divide by grad_accum x num_processes)."""
     epochs: PositiveInt = 1
+    """Used when `max_steps` is unset: online, epochs over N (`selection.n_target`) per round; iterative and
+    restart, epochs over each round's own data."""
     max_steps: PositiveInt | None = None
+    """Optimizer steps per round; unset: from `epochs`."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    """Fraction of the LR schedule's steps over which the learning rate ramps up linearly to `lr`."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW weight decay."""
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    """Gradients are clipped to this global norm."""
     num_processes: PositiveInt = 1
+    """Training processes, DDP through `accelerate launch` when > 1."""
     bf16: bool = False
+    """Always train in bf16 mixed precision; false: bf16 on a CUDA GPU that supports it, else float32."""
     warmup: WarmupConfig = WarmupConfig()
+    """The SFT warm-up on gold solutions before round 1."""
 
 
 class EvalConfig(Strict):
@@ -340,10 +450,15 @@ class EvalConfig(Strict):
     warm-up once)."""
 
     start: bool = True
+    """Evaluate the starting policy (round 0) before the first round."""
     k: NonNegInt = 8
+    """Responses sampled per test query for Pass@K, Pass@K-S and Reward@K-S; 0: greedy Pass@1 only."""
     temperature: Temperature = 0.7
+    """Temperature t of the sampled test responses (and of the PRM evaluation's)."""
     ks: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8], min_length=1)
+    """The K values of Pass@K, Pass@K-S and Reward@K-S, each at most `k`."""
     ss: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    """The S values of Pass@K-S and Reward@K-S (distinct responses needed), at most the largest K."""
 
     @model_validator(mode="after")
     def _k_ge_s(self) -> "EvalConfig":
@@ -360,13 +475,18 @@ class StorageConfig(Strict):
     """Lake root: a local directory or `s3://bucket/prefix`. Credentials default to the AWS env vars."""
 
     root: str = "./lake"
-    # Candidates a sampling or scoring stage holds at once: it reads, scores and writes one chunk
-    # (one part file) at a time, so a stage's memory does not grow with its size.
+    """The lake: a local directory or `s3://bucket/prefix`; checkpoints, reports and the stage cache live in it."""
     chunk_rows: PositiveInt = 100_000
+    """Candidates a sampling or scoring stage holds at once: it reads, scores and writes one chunk (one part file)
+    at a time, so a stage's memory does not grow with its size."""
     endpoint_url: str | None = None
+    """S3 endpoint URL (another S3 server); unset: `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS."""
     key: SecretStr | None = None
+    """S3 access key id, never written to the lake; unset: `AWS_ACCESS_KEY_ID`."""
     secret: SecretStr | None = None
+    """S3 secret access key, never written to the lake; unset: `AWS_SECRET_ACCESS_KEY`."""
     region: str | None = None
+    """S3 region; unset: `AWS_REGION` / `AWS_DEFAULT_REGION`."""
 
     def storage_options(self) -> dict:
         opts: dict[str, Any] = {}
@@ -385,25 +505,35 @@ class ShardResources(Strict):
     """What one shard (or the training task) asks of a Ray node; Ray places it on a node that has it."""
 
     num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    """CPUs it asks of a Ray node (fractions allowed); engine `ray` only."""
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    """GPUs it asks of a Ray node (fractions allowed); engine `ray` only."""
 
 
 class ExecutionConfig(Strict):
     """Where the stages run. `local` (default): every stage in the flow run's own process, as
-    always. `ray`: sampling, scoring and Math-Shepherd annotation split their queries into `shards`
-    deterministic shards, each a Prefect task run executed on the Ray cluster at `address`
-    (prefect-ray's RayTaskRunner), cached and retried per shard; training stays one task, placed
+    always. `ray`: sampling and scoring split their queries into `shards` deterministic shards
+    (Math-Shepherd annotation into its chunks of `reward.prm_train.chunk_queries` queries), each a
+    Prefect task run executed on the Ray cluster at `address` (prefect-ray's RayTaskRunner),
+    cached and retried per shard; training stays one task, placed
     by Ray on a node with `training`'s resources. `address`: `auto` (the cluster this machine
     belongs to), `HOST:PORT` of the head node, or `ray://HOST:10001`; unset with `ray`: a Ray
     instance started on this machine for the run. `shards` > 1 with `local` runs the shards one
     after another in this process (each its own cached task run). See docs/scale-out.md."""
 
     engine: Literal["local", "ray"] = "local"
+    """`local`: every stage in the flow run's own process; `ray`: shards and training run on the Ray cluster."""
     address: str | None = None
+    """The Ray cluster (`ray` only): `auto`, `HOST:PORT` of the head node or `ray://HOST:10001`; unset: a Ray
+    instance started on this machine for the run."""
     shards: PositiveInt = 1
+    """Shards per sharded stage: sampling splits its queries, scoring its candidate parts; each a cached task run."""
     sampling: ShardResources = ShardResources()
+    """What one sampling shard (or Math-Shepherd annotation chunk) asks of a Ray node."""
     scoring: ShardResources = ShardResources()
+    """What one scoring shard (verifiers, PRM) asks of a Ray node."""
     training: ShardResources = ShardResources()
+    """What the one warm-up or fine-tune task asks of a Ray node (accelerate spreads it over the GPUs)."""
 
     @model_validator(mode="after")
     def _address_needs_ray(self) -> "ExecutionConfig":
@@ -431,21 +561,39 @@ class TrackingConfig(Strict):
 
 class RunConfig(Strict):
     name: str = "bstar"
+    """Names the run: its id defaults to `<name>-<first 8 characters of the flow run id>`."""
     run_id: str | None = None
+    """The run's id in the lake (an existing one resumes that run); unset: `<name>-<flow run id>`."""
     method: Literal[METHODS] = "bstar"  # type: ignore[valid-type]
+    """`bstar` searches t and τ every round; `bstar-temperature` / `bstar-threshold` search one; `online-rft`,
+    `iterative-rft`, `rest-em` fix both; `sft` trains on the gold seed set only."""
     iterations: PositiveInt = 3
+    """Rounds after the warm-up, each: search, sample, score, select, fine-tune, evaluate."""
     seed: int = 0
+    """The run's seed: search and round query subsets, every sampling draw (with `sampling.seed`), training batch
+    order, the tiny model's weights and the PRM annotation subset."""
     model: ModelConfig = ModelConfig()
+    """The policy model the run starts from."""
     data: DataConfig = DataConfig()
+    """The training and test datasets."""
     sampling: SamplingConfig = SamplingConfig()
+    """How candidates are sampled."""
     search: SearchConfig = SearchConfig()
+    """The per-round configuration search over temperature t x reward threshold τ."""
     reward: RewardConfig = RewardConfig()
+    """How a candidate is rewarded (answer check, optionally plus a PRM)."""
     selection: SelectionConfig = SelectionConfig()
+    """Which candidates a round trains on: N, M and n* of the balance score."""
     training: TrainingConfig = TrainingConfig()
+    """Each round's fine-tune, and the warm-up."""
     eval: EvalConfig = EvalConfig()
+    """Evaluation on the test datasets: of the starting policy (round 0) and after every round."""
     storage: StorageConfig = StorageConfig()
+    """Where the lake lives and its credentials."""
     execution: ExecutionConfig = ExecutionConfig()
+    """Where the stages run (this process or a Ray cluster)."""
     tracking: TrackingConfig = TrackingConfig()
+    """Experiment trackers the per-round metrics are mirrored to (MLflow, TensorBoard); off by default."""
 
     @property
     def training_mode(self) -> str:
@@ -581,9 +729,14 @@ class ArmConfig(Strict):
     only (e.g. `{search.thresholds: [0.0, 0.5]}`); budgets stay equal unless you override them."""
 
     method: Literal[METHODS]  # type: ignore[valid-type]
+    """The arm's method (`bstar`, `bstar-temperature`, `bstar-threshold`, `online-rft`, `iterative-rft`, `rest-em`,
+    `sft`)."""
     reward: Literal[REWARD_KINDS] = "answer"  # type: ignore[valid-type]
+    """The arm's reward: `answer` or `answer+prm` (needs `base.reward.prm` or `base.reward.prm_train`)."""
     label: str | None = None
+    """Names the arm and its run ids (`<comparison id>-<label>`); unset: the method, plus `-prm` for answer+prm."""
     set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted overrides of the base run config for this arm only (e.g. `{search.thresholds: [0.0, 0.5]}`)."""
 
     @property
     def name(self) -> str:
@@ -595,9 +748,13 @@ class CompareConfig(Strict):
     budgets, warm-up, PRM training); each arm changes the method and reward. `seeds` repeats every arm."""
 
     name: str = "compare"
+    """Names the comparison: its id defaults to `<name>-<first 8 characters of the flow run id>`."""
     arms: list[ArmConfig] = Field(min_length=1)
+    """The methods compared (at least one), each run once per seed from the shared warm-up."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Each arm runs once per seed (the run config's `seed`); more than one adds `-seed<N>` to the run ids."""
     base: RunConfig
+    """The run config every arm starts from; its warm-up (and PRM training) runs once, shared by all arms."""
 
     @model_validator(mode="after")
     def _arms(self) -> "CompareConfig":

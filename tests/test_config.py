@@ -177,3 +177,99 @@ def test_a_bad_override_is_named_not_blamed_on_the_file(tmp_path):
     assert str(e.value) == (f"{tmp_path / 'bad.yaml'}: invalid run config:\n"
                             "  sampling.k: Input should be greater than 0\n"
                             "  execution.shards: Input should be greater than 0 (from the override execution.shards=0)")
+
+
+# --- the run form: every field described, and what Prefect's server validates -------------------
+
+
+def _undescribed(schema: dict) -> list[str]:
+    """`Model.field` of every property, in the schema and each of its `$defs`, without a description."""
+    objects = [schema, *schema.get("$defs", {}).values()]
+    return [f"{obj.get('title', '?')}.{name}" for obj in objects
+            for name, prop in obj.get("properties", {}).items() if not str(prop.get("description") or "").strip()]
+
+
+@pytest.mark.parametrize("model", ["RunConfig", "CompareConfig"])
+def test_every_config_field_has_a_description(model):
+    import bstar.config
+
+    schema = getattr(bstar.config, model).model_json_schema()
+    assert schema.get("$defs"), "the schema has no $defs: the walk would check nothing nested"
+    missing = _undescribed(schema)
+    assert not missing, f"{model}: fields without a description (the run form shows none): {', '.join(missing)}"
+
+
+def test_the_walk_names_an_undescribed_field():
+    schema = {"title": "A", "properties": {"x": {"description": "ok"}, "y": {}},
+              "$defs": {"B": {"title": "B", "properties": {"z": {"description": " "}}}}}
+    assert _undescribed(schema) == ["A.y", "B.z"]
+
+
+def _flow(config: RunConfig | str, root: str | None = None): ...
+
+
+def _prefect_schema() -> dict:
+    from prefect.utilities.callables import parameter_schema
+
+    return parameter_schema(_flow).model_dump_for_openapi()
+
+
+def test_prefect_parameter_schema_carries_the_descriptions():
+    from bstar.config import SearchConfig
+
+    schema = _prefect_schema()
+    defs = schema.get("definitions") or schema.get("$defs") or {}
+    expected = {
+        ("SearchConfig", "temperatures"): SearchConfig.model_fields["temperatures"].description,
+        ("RunConfig", "iterations"): RunConfig.model_fields["iterations"].description,
+    }
+    for (model, field), description in expected.items():
+        assert description, f"{model}.{field} has no description"
+        got = defs.get(model, {}).get("properties", {}).get(field, {}).get("description")
+        assert got == description, f"Prefect's schema for {model}.{field}: {got!r}, expected {description!r}"
+    missing = _undescribed({"properties": {}, "$defs": defs})
+    assert not missing, f"fields without a description in Prefect's parameter schema: {', '.join(missing)}"
+
+
+def _run_configs() -> list:
+    from pathlib import Path
+
+    from bstar.config import is_compare_config
+
+    root = Path(__file__).resolve().parents[1] / "deployments" / "configs"
+    return [p for p in sorted(root.glob("*.yaml")) if not is_compare_config(p)]
+
+
+def test_there_are_run_configs_to_validate():
+    assert _run_configs(), "no run config YAML under deployments/configs/"
+
+
+@pytest.mark.parametrize("path", _run_configs(), ids=lambda p: p.name)
+def test_prefect_server_accepts_every_shipped_run_config(path):
+    """What the server does for a deployment with enforce_parameter_schema (api/deployments.py)."""
+    import json
+
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    params = {"config": json.loads(load_config(path).to_json())}
+    try:
+        validate(params, _prefect_schema(), raise_on_error=True)
+    except ValidationError as err:
+        pytest.fail(f"{path.name}: Prefect's server would reject this run config: {err}")
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"search": {"temperaturs": [0.7]}}, "temperaturs"),
+        ({"iteratons": 3}, "iteratons"),
+        ({"sampling": {"k": 0}}, "config.sampling.k"),
+        ({"method": "ppo"}, "config.method"),
+    ],
+)
+def test_prefect_server_rejects_a_bad_config(config, field):
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    with pytest.raises(ValidationError) as err:
+        validate({"config": config}, _prefect_schema(), raise_on_error=True)
+    assert field in str(err.value)

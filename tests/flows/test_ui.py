@@ -85,7 +85,7 @@ def _logs(client, flow_run_id) -> str:
             return "\n".join(out)
 
 
-def _logs_with(client, flow_run_id, text: str, timeout: float = 30) -> str:
+def _logs_with(client, flow_run_id, text: str, timeout: float = 120) -> str:
     """The run's logs once `text` is among them (log lines reach the API in batches)."""
     deadline = time.monotonic() + timeout
     while True:
