@@ -8,14 +8,10 @@ group, then SIGKILL) and, should the test process die first, at exit.
 
 from __future__ import annotations
 
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from tests.prefect_server import BIN, free_port, log_tail, start_process, stop_process
+from tests.prefect_server import BIN, free_port, start_process, stop_process, wait_healthy
 
 START_TIMEOUT = 120
 
@@ -31,19 +27,7 @@ def mlflow_server(root: Path):
     # start_process: own session (so its own process group), and registered for the atexit kill
     proc = start_process(cmd, {"PATH": str(BIN) + ":/usr/bin:/bin", "HOME": str(root)}, log, cwd=root)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {START_TIMEOUT}s:\n{log_tail(log)}")
-            time.sleep(0.5)
+        wait_healthy(proc, f"{uri}/health", log, START_TIMEOUT, "mlflow server", every=0.5)
         yield uri
     finally:
         alive = stop_process(proc, grace=15)

@@ -113,6 +113,23 @@ def log_tail(path: Path | None, n: int = 4000) -> str:
         return "(no log)"
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float, what: str, every: float = 1.0) -> None:
+    """Until `url` answers 200; fails the test, with the log's tail, if `proc` exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not healthy after {timeout}s:\n{log_tail(log)}")
+        time.sleep(every)
+
+
 # -- a Prefect server --------------------------------------------------------------------------
 
 
@@ -129,19 +146,7 @@ def prefect_server_process(home: Path, logs: Path, ui: bool = False, **extra_env
     log = logs / "server.log"
     proc = start_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {SERVER_START_TIMEOUT}s:\n{log_tail(log)}")
-            time.sleep(1)
+        wait_healthy(proc, f"{api}/health", log, SERVER_START_TIMEOUT, "prefect server")
         yield {"api": api, "ui": f"http://127.0.0.1:{port}", "env": {**env, "PREFECT_API_URL": api}, "logs": logs,
                "proc": proc}
     finally:
