@@ -321,7 +321,14 @@ class PRMTrainConfig(Strict):
     batch_size: PositiveInt = 32
     """PRM training: examples per optimizer step (the global batch, whatever `num_processes`)."""
     num_processes: PositiveInt = 1
-    """PRM training: processes, DDP through `accelerate launch` when > 1."""
+    """PRM training: processes (one per GPU), started by torchrun when > 1."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """PRM training: `ddp` (whole model per process) or `fsdp` (FSDP2, sharded per decoder layer)."""
+    micro_batch_size: PositiveInt | None = None
+    """PRM training: examples per process per forward pass (gradients accumulated up to `batch_size`);
+    unset: the whole per-process share of the batch at once."""
+    gradient_checkpointing: bool = False
+    """PRM training: recompute each decoder layer's activations in the backward pass."""
     eval_queries: NonNegInt = 200
     """PRM evaluation: the first N queries (by id) of the first test dataset."""
     eval_k: PositiveInt = 8
@@ -437,11 +444,45 @@ class TrainingConfig(Strict):
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     """Gradients are clipped to this global norm."""
     num_processes: PositiveInt = 1
-    """Training processes, DDP through `accelerate launch` when > 1."""
+    """Training processes (one per GPU), started by torchrun when > 1; how they share the model: `distributed`."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every process holds the whole model and optimizer; `fsdp`: PyTorch FSDP2, parameters, gradients
+    and AdamW state sharded over the processes per decoder layer (what a 7B policy needs)."""
+    micro_batch_size: PositiveInt | None = None
+    """Examples per process per forward pass; sets `grad_accum` to batch_size / (micro_batch_size x
+    num_processes), so the global batch stays exact whatever the number of GPUs; unset: from `grad_accum`."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (activation memory of one layer instead
+    of all, about a third more compute)."""
+    max_length: PositiveInt | None = None
+    """Tokens of prompt + response kept per example (the rest cut, counted in the log); unset: the model's
+    `max_position_embeddings`."""
+    cpu_offload: bool = False
+    """`fsdp` only: keep parameters, gradients and AdamW state in CPU memory, moved to the GPU a layer at a time."""
     bf16: bool = False
     """Always train in bf16 mixed precision; false: bf16 on a CUDA GPU that supports it, else float32."""
+    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    """Memory of each GPU, for `bstar check`'s memory estimate when no GPU is visible (a visible GPU's own size
+    wins); unset: the estimate is printed but not checked."""
     warmup: WarmupConfig = WarmupConfig()
     """The SFT warm-up on gold solutions before round 1."""
+
+    @model_validator(mode="after")
+    def _batches(self) -> "TrainingConfig":
+        if self.cpu_offload and self.distributed != "fsdp":
+            raise ValueError("cpu_offload needs distributed: fsdp")
+        if self.micro_batch_size is not None:
+            for name, batch in (("batch_size", self.batch_size), ("warmup.batch_size", self.warmup.batch_size)):
+                if batch % (self.micro_batch_size * self.num_processes):
+                    raise ValueError(f"{name}={batch} is not a multiple of micro_batch_size x num_processes = "
+                                     f"{self.micro_batch_size} x {self.num_processes}")
+        return self
+
+    def accumulation(self, batch_size: int) -> int:
+        """Micro-batches per optimizer step for a global batch of `batch_size` examples."""
+        if self.micro_batch_size is None:
+            return self.grad_accum
+        return batch_size // (self.micro_batch_size * self.num_processes)
 
 
 class EvalConfig(Strict):
@@ -487,6 +528,9 @@ class StorageConfig(Strict):
     """S3 secret access key, never written to the lake; unset: `AWS_SECRET_ACCESS_KEY`."""
     region: str | None = None
     """S3 region; unset: `AWS_REGION` / `AWS_DEFAULT_REGION`."""
+    keep_checkpoints: PositiveInt | None = None
+    """Keep the optimizer state of the last N rounds' checkpoints only (the weights of every round, the base and
+    the warm-up stay); unset: keep everything."""
 
     def storage_options(self) -> dict:
         opts: dict[str, Any] = {}
