@@ -59,6 +59,34 @@ def stage(task: str, parameters: dict):
         _stage = None
 
 
+STAGE_ENV = "BSTAR_FAULT_STAGE"  # the stage a launched training process belongs to: "task|stage|iteration"
+
+
+def stage_env() -> dict[str, str]:
+    """What a process this stage launches (torchrun's trainers) needs for its kill points to
+    count as the stage's: empty outside the fault tests."""
+    if not os.environ.get(KILL_ENV) or _stage is None:
+        return {}
+    return {STAGE_ENV: "|".join(x or "" for x in _stage)}
+
+
+@contextmanager
+def inherited_stage():
+    """In a launched process: count kill points as the launching stage's (see `stage_env`)."""
+    global _stage
+    spec = os.environ.get(STAGE_ENV)
+    if not spec or not os.environ.get(KILL_ENV):
+        yield
+        return
+    task, stage_name, iteration = spec.split("|")
+    _stage = (task, stage_name or None, iteration)
+    _hits.clear()
+    try:
+        yield
+    finally:
+        _stage = None
+
+
 def _matches(item: str, point: str, n: int) -> bool:
     where, _, rest = item.strip().partition("@")
     iteration, _, rest = rest.partition(":")

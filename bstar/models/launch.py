@@ -1,30 +1,32 @@
-"""Multi-process training: re-run a trainer under `accelerate launch` as a subprocess.
+"""Multi-process training: re-run a trainer module under torchrun as a subprocess.
 
-`train_sft(..., num_processes=N)` and `train_prm(..., num_processes=N)` with N > 1 land here
-(`launch_training` and `launch_prm_training`; both go through `launch_module`). The examples (JSONL)
-and the keyword arguments (JSON) are written next to the output directory, `accelerate launch -m
-MODULE ARGS.json` starts N processes (DDP over gloo on CPU, NCCL on GPUs; for SFT also
-`distributed="fsdp"` or `"deepspeed"` on GPUs), every process trains on its shard of each global
-batch, and the main process saves the checkpoint and writes the call's result as JSON, which we
-read back.
+`train_sft(..., num_processes=N)` and `train_prm(..., num_processes=N)` with N > 1 call
+`launch_module`: the examples (JSONL) and the keyword arguments (JSON) are written next to the
+output directory, `torchrun --nproc-per-node N -m MODULE ARGS.json` starts N processes (gloo on
+CPU, NCCL on GPUs; the module shares the model as `bstar.models.distributed` says), and the main
+process saves the checkpoint and writes the call's result as JSON, which we read back.
 
-Extra `accelerate launch` flags (an accelerate config file, FSDP options, ...) go in
-`launch_args`, e.g. `["--config_file", "fsdp.yaml"]`.
+The processes' output is relayed line by line while they run (bstar's logger, so it reaches the
+terminal and the Prefect run's logs): loss lines show as training goes, not at the end. Extra
+torchrun flags go in `launch_args`.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 400  # of the processes' output, kept for the error message of a failed launch
 
 
 def free_port() -> int:
@@ -33,40 +35,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_command(num_processes: int, *, distributed: str = "ddp", cpu: bool = False,
-                       mixed_precision: str = "no", launch_args: list[str] | None = None,
-                       port: int | None = None) -> list[str]:
-    """The `accelerate launch` command line (without the script) for one machine."""
-    if distributed not in DISTRIBUTED:
-        raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {distributed!r}")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--main_process_port", str(port or free_port()),
-           "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
-    if distributed == "fsdp" and not cpu:
-        cmd.append("--use_fsdp")
-    elif distributed == "deepspeed" and not cpu:
-        cmd.append("--use_deepspeed")
-    else:
-        # CPU processes are launched by the same torchrun-based launcher as multi-GPU; inside,
-        # Accelerator(cpu=True) sees WORLD_SIZE > 1 and initialises gloo.
-        cmd.append("--multi_gpu")
-    if cpu:
-        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // num_processes))]
+def torchrun_command(num_processes: int, *, launch_args: list[str] | None = None, port: int | None = None) -> list[str]:
+    """The torchrun command line (without the module) for one machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(num_processes), "--nnodes", "1",
+           "--master-addr", "127.0.0.1", "--master-port", str(port or free_port())]
     return cmd + list(launch_args or [])
 
 
 def is_launched() -> bool:
-    """True inside a process started by `accelerate launch` with more than one process."""
+    """True inside a process started by torchrun with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:?.*)$", re.M)
 
 
-def worker_error(stderr: str) -> str | None:
+def worker_error(output: str) -> str | None:
     """The last exception line the processes printed (torchrun's own ChildFailedError left out)."""
-    found = [m.group(1).strip() for m in _EXCEPTION_LINE.finditer(stderr) if "ChildFailedError" not in m.group(1)]
+    found = [m.group(1).strip() for m in _EXCEPTION_LINE.finditer(output) if "ChildFailedError" not in m.group(1)]
     return found[-1] if found else None
+
+
+def child_env(num_processes: int, cpu: bool) -> dict:
+    """The processes' environment: unbuffered output (relayed live); on CPU no GPU, and the
+    cores shared out so N processes do not oversubscribe them."""
+    from bstar.faults import stage_env
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **stage_env())
+    if cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_processes))
+    return env
+
+
+def run_relayed(cmd: list[str], env: dict, prefix: str) -> tuple[int, str]:
+    """Run `cmd`, logging every line of its merged stdout/stderr as it comes; (exit code, tail)."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if line.strip():
+                log.info("%s %s", prefix, line)
+        code = proc.wait()
+    return code, "\n".join(tail)
 
 
 def launch_module(module: str, rows: list[dict], kwargs: dict, *, info_file: str | Path,
@@ -75,7 +88,7 @@ def launch_module(module: str, rows: list[dict], kwargs: dict, *, info_file: str
 
     ARGS.json holds `kwargs` (Paths as strings, tuples as lists) plus `examples_path` (`rows`, one
     JSON object a line) and `info_path` (`info_file`, which the module's main process must write).
-    Raises RuntimeError with the tail of the processes' output if the launch fails.
+    Raises RuntimeError with the cause and the tail of the processes' output if the launch fails.
     """
     from bstar.models.loading import resolve_device
 
@@ -90,46 +103,20 @@ def launch_module(module: str, rows: list[dict], kwargs: dict, *, info_file: str
     spec = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
     spec["examples_path"] = str(ex_path)
     spec["info_path"] = str(info_file)
+    spec["progress"] = False  # a terminal bar does not survive the relay; the loss lines do
     (work / "args.json").write_text(json.dumps(spec))
-    device = resolve_device(kwargs.get("device"))
-    cpu = device == "cpu"
-    precision = kwargs.get("precision", "auto")
-    mp = precision if precision in ("bf16", "fp16") else "no"
-    cmd = accelerate_command(n, distributed=kwargs.get("distributed", "ddp"), cpu=cpu, mixed_precision=mp,
-                             launch_args=launch_args) + ["-m", module, str(work / "args.json")]
-    env = dict(os.environ)
-    if cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    cpu = resolve_device(kwargs.get("device")) == "cpu"
+    cmd = torchrun_command(n, launch_args=launch_args) + ["-m", module, str(work / "args.json")]
     info_file = Path(info_file)
     if info_file.exists():
         info_file.unlink()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not info_file.is_file():
-        what = f"exit {proc.returncode}" if proc.returncode else f"no {info_file.name} written"
-        cause = worker_error(proc.stderr)
-        raise RuntimeError(f"accelerate launch failed ({what}){': ' + cause if cause else ''}\n{' '.join(cmd)}\n"
-                           f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    log.info("training in %d processes: %s", n, " ".join(cmd))
+    code, output = run_relayed(cmd, child_env(n, cpu), f"[{module.rsplit('.', 1)[-1]}]")
+    if code != 0 or not info_file.is_file():
+        what = f"exit {code}" if code else f"no {info_file.name} written"
+        cause = worker_error(output)
+        raise RuntimeError(f"training launch failed ({what}){': ' + cause if cause else ''}\n{' '.join(cmd)}\n"
+                           f"{output[-12000:]}")
     data = json.loads(info_file.read_text())
     shutil.rmtree(work, ignore_errors=True)
     return data
-
-
-def launch_training(examples: list[tuple[str, str]], kwargs: dict, launch_args: list[str] | None = None):
-    """SFT: run `bstar.models.trainer` in `kwargs['num_processes']` processes; return the main
-    process's CheckpointInfo (also left in the checkpoint as `checkpoint_info.json`)."""
-    from bstar.models.trainer import CheckpointInfo
-
-    data = launch_module("bstar.models.trainer", [{"prompt": p, "response": r} for p, r in examples], kwargs,
-                         info_file=Path(kwargs["out_dir"]) / "checkpoint_info.json", launch_args=launch_args)
-    return CheckpointInfo(**{f.name: data[f.name] for f in fields(CheckpointInfo) if f.name in data})
-
-
-def launch_prm_training(examples: list[dict], kwargs: dict, launch_args: list[str] | None = None):
-    """PRM: run `bstar.models.prm_train` in `kwargs['num_processes']` processes; return the main
-    process's PRMTrainInfo."""
-    from bstar.models.prm_train import PRMTrainInfo
-
-    out = Path(kwargs["out_dir"])
-    data = launch_module("bstar.models.prm_train", examples, kwargs,
-                         info_file=out.parent / f".{out.name}.launch" / "prm_train_info.json", launch_args=launch_args)
-    return PRMTrainInfo(**{f.name: data[f.name] for f in fields(PRMTrainInfo) if f.name in data})

@@ -142,12 +142,45 @@ def _load_gguf_dequantized(path: str, gguf_file: str, torch_dtype, **kwargs):
     return model
 
 
-def save_policy(model, tokenizer, out_dir: str | Path) -> str:
-    """`save_pretrained` for model and tokenizer into one directory (a loadable HF checkpoint)."""
+def tied_names(model) -> set[str]:
+    """Names of parameters that are another's tied copy (the LM head of a model with tied word
+    embeddings; any parameter registered twice). A state dict gathered from shards holds them as
+    separate tensors, which save_pretrained would write: they are left out, as it does for the
+    model's own shared tensors."""
+    first: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied.add(name)
+        else:
+            first[id(p)] = name
+    out_emb = model.get_output_embeddings() if getattr(model.config, "tie_word_embeddings", False) else None
+    if out_emb is not None:  # after sharding the head may hold a stale copy, no longer the same tensor
+        tied |= {f"{n}.weight" for n, m in model.named_modules() if m is out_emb}
+    return tied
+
+
+def save_policy(model, tokenizer, out_dir: str | Path, *, state_dict: dict | None = None, dtype=None,
+                max_shard_size: str = "5GB") -> str:
+    """`save_pretrained` for model and tokenizer into one directory (a loadable HF checkpoint).
+
+    `state_dict`: the weights to write instead of the model's own (a full state dict gathered
+    from a sharded model); `dtype`: the dtype they are in, recorded in config.json so transformers
+    and vLLM load them as such. Files over `max_shard_size` are split, with an index."""
     quiet_transformers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    if dtype is not None:
+        model.config.dtype = dtype
+    if state_dict is not None:
+        state_dict = {k: v for k, v in state_dict.items() if k not in tied_names(model)}
+    model.save_pretrained(out, state_dict=state_dict, max_shard_size=max_shard_size)
+    if dtype is not None:
+        # save_pretrained records the dtype of the model's own parameters (fp32 master weights
+        # under mixed precision), not of the state dict it wrote: say what the files hold, so
+        # transformers' dtype="auto" and vLLM load them as bf16
+        model.config.dtype = dtype
+        model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
 
@@ -227,3 +260,17 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     for p in prompts:
         out.append(list(next(enc_templ) if (bos and p.startswith(bos)) else next(enc_plain)))
     return out
+
+
+def release_device_memory() -> None:
+    """Hand freed GPU memory back to the driver (the next stage may be another process: vLLM)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - no CUDA runtime: nothing to hand back
+        pass

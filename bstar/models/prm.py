@@ -363,10 +363,11 @@ class PRMScorer:
         return self.spec.step_delimiter
 
     def close(self) -> None:
-        import gc
+        """Drop the weights and hand the device memory back (the next stage may be a vLLM engine)."""
+        from bstar.models.loading import release_device_memory
 
         self.model = self.head = None
-        gc.collect()
+        release_device_memory()
 
     def __enter__(self):
         return self

@@ -18,15 +18,19 @@ are dropped (never trained at a meaningless position), counted in `PRMTrainInfo.
 and logged.
 
 Loss: BCE summed over the step labels of the global batch (`batch_size` examples) and divided by
-their number. Multi-process: `num_processes > 1` re-launches this module through `accelerate
-launch` (`bstar.models.launch`; DDP over gloo on CPU, NCCL on GPUs). Backbone and head are one
-DDP module; every process takes its shard of each global batch (examples rank, rank + N, ...)
-and the loss normalisation does not depend on N, so N processes follow the 1-process loss
-trajectory. The main process saves the PRM and the caller gets its PRMTrainInfo.
+their number. Multi-process: `num_processes > 1` re-launches this module through torchrun
+(`bstar.models.launch`; gloo on CPU, NCCL on GPUs). Backbone and head are one module, shared as
+the policy trainer shares its model (`bstar.models.distributed`: `ddp`, or `fsdp` sharded per
+decoder layer); every process takes its shard of each global batch (examples rank, rank + N,
+...), in micro-batches of `micro_batch_size` with the same number of passes on every process, and
+the loss normalisation does not depend on N, so N processes follow the 1-process loss
+trajectory. bf16 on GPUs (`precision`), `gradient_checkpointing` as for the policy. The main
+process saves the PRM (weights in the training dtype) and the caller gets its PRMTrainInfo.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -35,7 +39,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bstar.models import distributed as D
+from bstar.models.loading import release_device_memory, resolve_device, save_policy, set_cpu_threads
 from bstar.models.prm import DEFAULT_STEP_TOKEN, HEAD_FILE, PRM_CONFIG, PRMSpec, read_prm_spec, step_inputs
+from bstar.models.schedule import lr_factor, mean_since
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +99,14 @@ def build_prm_backbone(init: str, step_token: str = DEFAULT_STEP_TOKEN, device: 
     return model, tok, head, spec
 
 
-def prm_net(backbone, head):
-    """Backbone + head as one module (what DDP wraps): (ids, mask, rows, cols) -> step logits."""
+@functools.cache
+def _prm_net_class():
     import torch
 
     class PRMNet(torch.nn.Module):
-        def __init__(self):
+        """Backbone + head as one module (what DDP or FSDP wraps): (ids, mask, rows, cols) -> step logits."""
+
+        def __init__(self, backbone, head):
             super().__init__()
             self.backbone, self.head = backbone, head
 
@@ -105,7 +114,14 @@ def prm_net(backbone, head):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self.head(hidden[rows, cols]).squeeze(-1)
 
-    return PRMNet()
+    return PRMNet
+
+
+def prm_net(backbone, head):
+    """The trainable PRM. One class for every call, holding nothing of a call: FSDP2 derives a
+    class per module class and caches it, so a class closing over this call's backbone and head
+    kept both alive (on the GPU) after training."""
+    return _prm_net_class()(backbone, head)
 
 
 def shard(batch: list, rank: int, world: int) -> list:
@@ -116,7 +132,8 @@ def shard(batch: list, rank: int, world: int) -> list:
 # what the launched processes get (ARGS.json): train_prm's arguments but the examples
 _LAUNCH_KWARGS = ("init", "out_dir", "step_delimiter", "max_steps", "lr", "batch_size", "weight_decay",
                   "warmup_ratio", "max_grad_norm", "head_lr_mult", "seed", "device", "num_processes",
-                  "distributed", "progress", "provenance")
+                  "distributed", "micro_batch_size", "gradient_checkpointing", "precision", "progress",
+                  "provenance")
 
 
 def train_prm(
@@ -136,6 +153,9 @@ def train_prm(
     device: str | None = "auto",
     num_processes: int = 1,
     distributed: str = "ddp",
+    micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
+    precision: str = "auto",
     launch_args: list[str] | None = None,
     progress: bool = True,
     provenance: dict | None = None,
@@ -143,12 +163,14 @@ def train_prm(
     """Fine-tune backbone + head with BCE on the step-end tokens; save a bstar-scalar PRM.
 
     `batch_size` is the global batch (examples per optimizer step) whatever `num_processes` is;
-    with `num_processes > 1` the call runs in that many processes (`accelerate launch`, DDP).
+    with `num_processes > 1` the call runs in that many processes (torchrun; `distributed` ddp or
+    fsdp). `micro_batch_size`: examples per process per forward pass (gradients accumulated).
     """
+    from bstar.models.distributed import STRATEGIES
     from bstar.models.launch import is_launched
 
-    if distributed != "ddp":
-        raise ValueError(f"PRM training supports distributed='ddp' only, got {distributed!r}")
+    if distributed not in STRATEGIES:
+        raise ValueError(f"distributed must be one of {STRATEGIES}, got {distributed!r}")
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     data = _check_examples(examples)
@@ -156,42 +178,89 @@ def train_prm(
         if min(batch_size, len(data)) < num_processes:
             raise ValueError(f"a global batch of {min(batch_size, len(data))} examples cannot be split over "
                              f"{num_processes} processes")
-        from bstar.models.launch import launch_prm_training
+        from bstar.models.launch import launch_module
 
         kwargs = {k: v for k, v in locals().items() if k in _LAUNCH_KWARGS}
-        return launch_prm_training(data, kwargs, launch_args=launch_args)
+        out = Path(out_dir)
+        info = launch_module("bstar.models.prm_train", data, kwargs, launch_args=launch_args,
+                             info_file=out.parent / f".{out.name}.launch" / "prm_train_info.json")
+        return PRMTrainInfo(**{k: v for k, v in info.items() if k in PRMTrainInfo.__dataclass_fields__})
     return _train(data, init, out_dir, step_delimiter=step_delimiter, max_steps=max_steps, lr=lr,
                   batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                   max_grad_norm=max_grad_norm, head_lr_mult=head_lr_mult, seed=seed, device=device,
-                  progress=progress, provenance=provenance)
+                  distributed=distributed, micro_batch_size=micro_batch_size,
+                  gradient_checkpointing=gradient_checkpointing, precision=precision, progress=progress,
+                  provenance=provenance)
 
 
 def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, weight_decay, warmup_ratio,
-           max_grad_norm, head_lr_mult, seed, device, progress, provenance) -> PRMTrainInfo:
+           max_grad_norm, head_lr_mult, seed, device, distributed, micro_batch_size, gradient_checkpointing,
+           precision, progress, provenance) -> PRMTrainInfo:
+    t0 = time.time()
+    dev = resolve_device(device)
+    procs = D.init_processes(dev, distributed)
+    try:
+        return _train_in(procs, data, init, out_dir, step_delimiter=step_delimiter, max_steps=max_steps, lr=lr,
+                         batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                         max_grad_norm=max_grad_norm, head_lr_mult=head_lr_mult, seed=seed,
+                         distributed=distributed, micro_batch_size=micro_batch_size,
+                         gradient_checkpointing=gradient_checkpointing,
+                         precision=D.training_precision(precision, dev), progress=progress, provenance=provenance,
+                         t0=t0)
+    finally:
+        D.close_processes(procs)
+        release_device_memory()
+
+
+def micro_batches(mine: list, n_passes: int) -> list[tuple[list, float]]:
+    """This process's share of the batch in `n_passes` near-equal micro-batches, each with its
+    loss weight. A process with fewer examples than passes repeats its first example at weight 0:
+    every process runs the same number of forward/backward passes (sharded collectives would
+    hang otherwise) and the gradient is unchanged."""
+    size, extra = divmod(len(mine), n_passes)
+    out, lo = [], 0
+    for i in range(n_passes):
+        hi = lo + size + (i < extra)
+        out.append((mine[lo:hi], 1.0) if hi > lo else (mine[:1], 0.0))
+        lo = hi
+    return out
+
+
+def _collate_steps(items, pad: int):
+    """Right-padded ids and mask of (ids, step-end positions, labels) items, and the (row, column)
+    of every labelled step-end token with its label."""
+    import torch
+
+    n = max(len(x) for x, _, _ in items)
+    ids = torch.full((len(items), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    rows, cols, ys = [], [], []
+    for r, (x, pos, y) in enumerate(items):
+        ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+        rows += [r] * len(pos)
+        cols += pos
+        ys += y
+    return ids, mask, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long), torch.tensor(ys)
+
+
+def _train_in(procs, data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, weight_decay,
+              warmup_ratio, max_grad_norm, head_lr_mult, seed, distributed, micro_batch_size,
+              gradient_checkpointing, precision, progress, provenance, t0) -> PRMTrainInfo:
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
     from bstar.logs import progress as progress_bar
-    from bstar.models.launch import is_launched
-    from bstar.models.loading import resolve_device, save_policy, set_cpu_threads
-    from bstar.models.trainer import lr_factor, mean_since
 
-    t0 = time.time()
-    dev = resolve_device(device)
-    acc = None
-    world, rank = 1, 0
-    if is_launched():  # one of N processes started by `accelerate launch`
-        from accelerate import Accelerator
-
-        acc = Accelerator(cpu=dev == "cpu")
-        world, rank, dev = acc.num_processes, acc.process_index, str(acc.device)
-    main_process = rank == 0
-    if dev == "cpu":  # N processes share the cores
+    world, rank, dev = procs.world, procs.rank, procs.device
+    main_process = procs.is_main
+    if dev.type == "cpu":  # N processes share the cores
         set_cpu_threads(None if world == 1 else
                         int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(seed)
-    model, tok, head, spec = build_prm_backbone(str(init), device=dev)
+    # FSDP builds on the CPU and moves only its shards to the device
+    model, tok, head, spec = build_prm_backbone(str(init), device="cpu" if distributed == "fsdp" else str(dev))
     spec.step_delimiter = step_delimiter
     max_len = getattr(model.config, "max_position_embeddings", None)
     encoded, n_cut, n_cut_examples = [], 0, 0
@@ -207,11 +276,15 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
     n_labels = sum(len(e[2]) for e in encoded)
     pos_rate = sum(sum(e[2]) for e in encoded) / max(1, n_labels)
 
-    net = prm_net(model.base_model, head)
-    if acc is not None:
-        net = acc.prepare_model(net)  # DDP: parameters broadcast from rank 0, gradients averaged
-    params = [{"params": list(model.parameters()), "lr": lr, "weight_decay": weight_decay},
-              {"params": list(head.parameters()), "lr": lr * head_lr_mult, "weight_decay": 0.0}]
+    no_decay = {f"backbone.{n}" for n in D.no_decay_names(model.base_model)} | {"head.weight", "head.bias"}
+    net = D.wrap(model.base_model, procs, distributed, precision=precision,
+                 gradient_checkpointing=gradient_checkpointing, root=prm_net(model.base_model, head))
+    head_params = {id(p) for n, p in net.named_parameters() if n.removeprefix("module.").startswith("head.")}
+    groups = D.decay_groups(net, no_decay, weight_decay)
+    params = [{"params": [p for p in g["params"] if id(p) not in head_params], "lr": lr,
+               "weight_decay": g["weight_decay"]} for g in groups]
+    params.append({"params": [p for n, p in net.named_parameters() if id(p) in head_params], "lr": lr * head_lr_mult,
+                   "weight_decay": 0.0})
     opt = torch.optim.AdamW(params, betas=(0.9, 0.95))
     warm = int(round(warmup_ratio * max_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, warm, max_steps, 0.1))
@@ -235,27 +308,25 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
             cursor += 1
         n_global = sum(len(b[2]) for b in batch)
         mine = shard(batch, rank, world)
-        n = max(len(b[0]) for b in mine)
-        ids = torch.full((len(mine), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(mine), n), dtype=torch.long)
-        rows, cols, ys = [], [], []
-        for r, (x, pos, y) in enumerate(mine):
-            ids[r, : len(x)] = torch.tensor(x)
-            mask[r, : len(x)] = 1
-            rows += [r] * len(pos)
-            cols += pos
-            ys += y
-        logits = net(ids.to(dev), mask.to(dev), torch.tensor(rows, device=dev), torch.tensor(cols, device=dev))
-        loss_sum = F.binary_cross_entropy_with_logits(logits.float(), torch.tensor(ys, device=dev), reduction="sum")
-        # DDP averages gradients over processes; scale so the result is the mean over the global batch.
-        (loss_sum * (world / n_global)).backward()
+        # passes per step from the global batch, which every process knows: the same everywhere
+        per_process = -(-len(batch) // world)
+        n_passes = -(-per_process // micro_batch_size) if micro_batch_size else 1
+        loss_acc = torch.zeros((), device=dev)
+        for i, (items, weight) in enumerate(micro_batches(mine, n_passes)):
+            ids, mask, rows, cols, ys = _collate_steps(items, pad)
+            with D.gradient_sync(net, i == n_passes - 1):
+                with D.autocast(procs, distributed, precision):
+                    logits = net(ids.to(dev), mask.to(dev), rows.to(dev), cols.to(dev))
+                loss_sum = F.binary_cross_entropy_with_logits(logits.float(), ys.to(dev), reduction="sum") * weight
+                # gradients are averaged over processes; scale so the result is the global batch's mean
+                (loss_sum * (world / n_global)).backward()
+            loss_acc += loss_sum.detach()
         if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), max_grad_norm)
+            D.clip_grad_norm(net, max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        total = acc.reduce(loss_sum.detach(), reduction="sum") if acc is not None else loss_sum.detach()
-        losses.append(float(total.item()) / n_global)
+        losses.append(float(D.all_reduce_sum(procs, loss_acc).item()) / n_global)
         bar.update(1)
         if (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
@@ -279,12 +350,21 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
         "positive_rate": round(pos_rate, 4),
         "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5),
     }
+    full = D.full_state_dict(net)  # a collective: every process takes part; the whole net on rank 0
     if main_process:
-        save_policy(model, tok, out)
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        prefix = model.base_model_prefix
+        weights = {f"{prefix}.{k.removeprefix('backbone.')}": v.to(dtype) for k, v in full.items()
+                   if k.startswith("backbone.")}
+        # what the causal LM holds beside the backbone (its LM head) is not trained: saved as loaded
+        weights |= {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()
+                    if not k.startswith(prefix + ".")}
+        save_policy(model, tok, out, state_dict=weights, dtype=dtype)
+        # the head stays fp32 whatever the backbone's dtype: one tiny matrix, the score's last step
+        save_file({k.removeprefix("head."): v.float().contiguous() for k, v in full.items() if k.startswith("head.")},
+                  str(out / HEAD_FILE))
         spec.save(out)
-    if acc is not None:
-        acc.wait_for_everyone()
+    D.barrier(procs)
     info = PRMTrainInfo(str(out), max_steps, len(encoded), n_labels, pos_rate, losses, round(time.time() - t0, 2),
                         world, truncated_labels=n_cut)
     if main_process:
@@ -297,7 +377,7 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bstar.models.prm_train ARGS.json`: what `accelerate launch` runs in every process."""
+    """`python -m bstar.models.prm_train ARGS.json`: what torchrun runs in every process."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv

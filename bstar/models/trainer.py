@@ -5,7 +5,7 @@
 
 Loss: token-level cross entropy on response tokens only (prompt tokens are masked), averaged over
 all response tokens of the global batch. AdamW, linear warm-up then cosine decay, gradient
-accumulation, gradient clipping, bf16 autocast on GPUs that support it.
+accumulation, gradient clipping, bf16 on GPUs that support it (`precision`).
 
 Training modes (DESIGN.md §1); the caller picks the starting checkpoint with `round_init_checkpoint`:
 - `restart`   (ReST-EM/STaR): every round starts from the initial checkpoint, fresh optimizer + schedule.
@@ -14,24 +14,29 @@ Training modes (DESIGN.md §1); the caller picks the starting checkpoint with `r
               previous round; the schedule spans all rounds (`schedule_steps`, or `total_rounds` x
               this round's steps, fixed by the first round and stored in the checkpoint).
 
-Checkpoint directory (loadable by `AutoModelForCausalLM` / `AutoTokenizer` as is):
-    config.json, generation_config.json, model.safetensors     HF model
+Checkpoint directory (loadable by `AutoModelForCausalLM` / `AutoTokenizer` / vLLM as is):
+    config.json, generation_config.json, model*.safetensors    HF model in the training dtype (bf16 on
+                                                               GPUs), gathered from the shards; an index
+                                                               when it spans several files
     tokenizer.json, tokenizer_config.json, ...                 HF tokenizer
-    training_state.pt                                          optimizer + scheduler state dicts
+    optimizer/                                                 AdamW state, one shard per process
+                                                               (torch.distributed.checkpoint); only where a
+                                                               later call reads it (`save_optimizer`)
     trainer_state.json                                         step, schedule, mode, seed, losses
 
 Determinism: the batch drawn at every step is a pure function of (seed, step at which the round
 started, the examples), and the schedule a pure function of the stored step, so training N steps,
 saving, and resuming with `resume_from` gives the same weights as training straight through.
 
-Multi-process: `num_processes > 1` re-launches this module through `accelerate launch` (DDP; FSDP or
-DeepSpeed via `distributed=`); the global batch and loss normalisation do not depend on the
-number of processes, so 2 processes follow the 1-process loss trajectory.
+Multi-process: `num_processes > 1` re-launches this module through torchrun (`bstar.models.launch`);
+`distributed="ddp"` replicates the model, `"fsdp"` shards it per decoder layer (FSDP2,
+`bstar.models.distributed`). The global batch and loss normalisation do not depend on the number
+of processes, and every process runs the same number of forward/backward passes per step, so N
+processes follow the 1-process loss trajectory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -42,13 +47,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bstar.faults import kill_point
+from bstar.models import distributed as D
+from bstar.models.schedule import loss_log_every, lr_factor, mean_since  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 MODES = ("online", "iterative", "restart")
 STATE_FILE = "trainer_state.json"
-OPT_FILE = "training_state.pt"
-ACCEL_STATE_DIR = "accelerate_state"  # FSDP / DeepSpeed: sharded optimizer state
+OPTIMIZER_DIR = "optimizer"  # AdamW state, one shard per process (torch.distributed.checkpoint)
 IGNORE = -100
 
 
@@ -98,25 +104,6 @@ def round_init_checkpoint(mode: str, initial_checkpoint: str, previous_checkpoin
     if mode == "restart" or previous_checkpoint is None:
         return initial_checkpoint
     return previous_checkpoint
-
-
-def loss_log_every(n_steps: int) -> int:
-    """How many optimizer steps apart the loss is logged: about ten lines a call, at least one step."""
-    return max(1, n_steps // 10)
-
-
-def mean_since(recent: list[float]) -> str:
-    """`, mean 0.4512 over the last 20 steps` for a loss line ('' for a single step)."""
-    return f", mean {sum(recent) / len(recent):.4f} over the last {len(recent)} steps" if len(recent) > 1 else ""
-
-
-def lr_factor(step_in_schedule: int, warmup_steps: int, schedule_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_lr_ratio` at `schedule_steps` (flat after)."""
-    if warmup_steps > 0 and step_in_schedule < warmup_steps:
-        return (step_in_schedule + 1) / warmup_steps
-    decay = max(1, schedule_steps - warmup_steps)
-    progress = min(1.0, (step_in_schedule - warmup_steps) / decay)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,16 +194,27 @@ def _mix(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def length_buckets(items, min_rows: int = 16):
-    """Split a micro-batch into two length-sorted halves when that saves padding (same gradient)."""
-    if len(items) < 2 * min_rows:
+def bucket_count(global_items, micro: int, min_rows: int = 16) -> int:
+    """Into how many length-sorted parts every process splits its share of a micro-batch: 2 when
+    that saves padding on the global micro-batch (the same gradient), else 1. Decided on the
+    global micro-batch, which every process knows, so every process runs the same number of
+    forward/backward passes (a sharded model's collectives would hang otherwise)."""
+    if len(global_items) < 2 * min_rows or micro < 2:
+        return 1
+    lens = sorted(len(x[0]) for x in global_items)
+    half = len(lens) // 2
+    padded_one = len(lens) * lens[-1]
+    padded_two = half * lens[half - 1] + (len(lens) - half) * lens[-1]
+    return 2 if padded_two < 0.85 * padded_one else 1
+
+
+def length_buckets(items, parts: int):
+    """`items` sorted by length and cut into `parts` parts of near-equal size."""
+    if parts <= 1:
         return [items]
     items = sorted(items, key=lambda x: len(x[0]))
     half = len(items) // 2
-    lens = [len(x[0]) for x in items]
-    padded_one = len(items) * lens[-1]
-    padded_two = half * lens[half - 1] + (len(items) - half) * lens[-1]
-    return [items[:half], items[half:]] if padded_two < 0.85 * padded_one else [items]
+    return [items[:half], items[half:]]
 
 
 def collate(items, pad_id: int, device):
@@ -276,6 +274,7 @@ def train_sft(
     distributed: str = "ddp",
     launch_args: list[str] | None = None,
     gradient_checkpointing: bool = False,
+    cpu_offload: bool = False,
     resume_from: str | Path | None = None,
     log_every: int = 10,
     progress: bool = True,
@@ -292,6 +291,10 @@ def train_sft(
     schedule (the caller passes the initial checkpoint for `restart`: `round_init_checkpoint`).
     `resume_from` continues an interrupted call of the same round (same examples and
     arguments) from a checkpoint that call saved, bit for bit.
+    `distributed`: `ddp` or `fsdp` (FSDP2 per decoder layer; `cpu_offload` keeps its shards in CPU
+    memory); `gradient_checkpointing` recomputes each layer's activations in the backward pass;
+    `max_length` cuts prompt + response to that many tokens (the count is logged).
+    `save_optimizer`: also save the AdamW state (what a later online round or `resume_from` reads).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -299,10 +302,15 @@ def train_sft(
         raise ValueError("give exactly one of epochs or max_steps")
     kwargs = {k: v for k, v in locals().items() if k != "examples"}
     pairs = load_examples(examples)
+    if distributed not in D.STRATEGIES:
+        raise ValueError(f"distributed must be one of {D.STRATEGIES}, got {distributed!r}")
     if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from bstar.models.launch import launch_training
+        from bstar.models.launch import launch_module
 
-        return launch_training(pairs, kwargs, launch_args=launch_args)
+        out = Path(out_dir)
+        data = launch_module("bstar.models.trainer", [{"prompt": p, "response": r} for p, r in pairs], kwargs,
+                             info_file=out / "checkpoint_info.json", launch_args=launch_args)
+        return CheckpointInfo(**{k: v for k, v in data.items() if k in CheckpointInfo.__dataclass_fields__})
     return _train_one_call(pairs, **kwargs)
 
 
@@ -316,12 +324,14 @@ def _train_one_call(pairs, *, init_checkpoint, out_dir, mode, epochs, max_steps,
     else:
         losses, tokens = recipe.train_round(pairs, epochs=epochs, max_steps=max_steps,
                                             schedule_steps=schedule_steps, total_rounds=total_rounds)
-    recipe.save(out_dir, save_optimizer=save_optimizer)
-    info = CheckpointInfo(path=str(out_dir), step=recipe.state.step, mode=mode, losses=losses, tokens=tokens,
-                          seconds=round(time.time() - t0, 3))
-    if info_path and recipe.accelerator.is_main_process:  # launched: the caller reads it back
-        Path(info_path).write_text(json.dumps(asdict(info)))
-    recipe.close()
+    try:
+        recipe.save(out_dir, save_optimizer=save_optimizer)
+        info = CheckpointInfo(path=str(out_dir), step=recipe.state.step, mode=mode, losses=losses, tokens=tokens,
+                              seconds=round(time.time() - t0, 3))
+        if info_path and recipe.procs.is_main:  # launched: the caller reads it back
+            Path(info_path).write_text(json.dumps(asdict(info)))
+    finally:
+        recipe.close()
     return info
 
 
@@ -365,10 +375,8 @@ class SFTRecipe:
     def __init__(self, checkpoint, *, mode="iterative", resume=False, lr=2e-3, batch_size=64, grad_accum=1,
                  warmup_steps=None, warmup_ratio=0.05, min_lr_ratio=0.0, weight_decay=0.0, betas=(0.9, 0.95),
                  max_grad_norm=1.0, max_length=None, seed=0, precision="auto", device="auto",
-                 distributed="ddp", gradient_checkpointing=False, log_every=10, progress=True):
+                 distributed="ddp", gradient_checkpointing=False, cpu_offload=False, log_every=10, progress=True):
         import torch
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType
 
         from bstar.models.loading import load_policy, resolve_device, set_cpu_threads
 
@@ -378,69 +386,76 @@ class SFTRecipe:
         self.warmup_steps, self.warmup_ratio, self.min_lr_ratio = warmup_steps, warmup_ratio, min_lr_ratio
         self.weight_decay, self.betas, self.max_grad_norm = weight_decay, tuple(betas), max_grad_norm
         self.max_length, self.seed, self.log_every, self.progress = max_length, seed, log_every, progress
+        self.distributed = distributed
         dev = resolve_device(device)
         self.cpu = dev == "cpu"
-        if precision == "auto":
-            precision = "bf16" if (not self.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
-        elif precision == "fp32":
-            precision = "no"
-        self.accelerator = Accelerator(cpu=self.cpu, mixed_precision=precision)
-        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
-        if self.cpu:
-            set_cpu_threads(None if self.world == 1 else
-                            int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
-        if batch_size % (grad_accum * self.world):
+        self.precision = D.training_precision(precision, dev)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if batch_size % (grad_accum * world):
             raise ValueError(f"batch_size={batch_size} must be divisible by grad_accum*num_processes="
-                             f"{grad_accum * self.world}")
-        self.micro = batch_size // (grad_accum * self.world)
-        self.sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+                             f"{grad_accum * world}")
+        self.procs = D.init_processes(dev, distributed)
+        try:
+            self.world, self.rank = self.procs.world, self.procs.rank
+            if self.cpu:
+                set_cpu_threads(None if self.world == 1 else
+                                int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
+            self.micro = batch_size // (grad_accum * self.world)
 
-        self.checkpoint = Path(checkpoint)
-        prev = TrainerState.read(checkpoint)
-        model, self.tokenizer = load_policy(checkpoint, device=self.accelerator.device.type, dtype="fp32",
-                                            for_training=True)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        self.initial_weights = None  # restart mode, in memory: the weights every round starts from
-        if mode == "restart":
-            self.initial_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.model = self.accelerator.prepare_model(model)
-        self.state = TrainerState(mode=mode, seed=seed, batch_size=batch_size, lr=lr, min_lr_ratio=min_lr_ratio)
-        self.state.initial_checkpoint = str(checkpoint)
-        if prev is not None:
-            self.state.step, self.state.rounds = prev.step, prev.rounds
-            self.state.initial_checkpoint = prev.initial_checkpoint or str(checkpoint)
-        self.optimizer = self.scheduler = None
-        # online continues only an online lineage: a warm-up (or iterative) checkpoint's schedule has ended
-        if resume or (mode == "online" and prev is not None and prev.mode == "online" and prev.schedule_steps > 0):
-            for k in ("schedule_start", "schedule_steps", "warmup_steps", "lr", "min_lr_ratio", "round_start",
-                      "round_steps", "examples_digest"):
-                setattr(self.state, k, getattr(prev, k))
-            if mode == "online" and not resume and lr != prev.lr:
-                log.info("online mode continues the stored schedule (lr=%g); lr=%g ignored", prev.lr, lr)
-            self._new_optimizer()
-            if self.sharded:
-                self.accelerator.load_state(str(self.checkpoint / ACCEL_STATE_DIR))
-            else:
-                blob = torch.load(self.checkpoint / OPT_FILE, map_location=self.accelerator.device, weights_only=False)
-                self.optimizer.load_state_dict(blob["optimizer"])
-                self.scheduler.load_state_dict(blob["scheduler"])
-            self._check_scheduler()
+            self.checkpoint = Path(checkpoint)
+            prev = TrainerState.read(checkpoint)
+            # FSDP loads on the CPU and moves only its shard to the GPU; fp32 master weights either way
+            model, self.tokenizer = load_policy(checkpoint, device="cpu" if distributed == "fsdp" else str(self.procs.device),
+                                                dtype="fp32", for_training=True)
+            self.config = model.config
+            self.initial_weights = None  # restart mode, in memory: the weights every round starts from (CPU)
+            if mode == "restart":
+                self.initial_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.no_decay = D.no_decay_names(model)
+            self.model = D.wrap(model, self.procs, distributed, precision=self.precision,
+                                gradient_checkpointing=gradient_checkpointing, cpu_offload=cpu_offload)
+            self.state = TrainerState(mode=mode, seed=seed, batch_size=batch_size, lr=lr, min_lr_ratio=min_lr_ratio)
+            self.state.initial_checkpoint = str(checkpoint)
+            if prev is not None:
+                self.state.step, self.state.rounds = prev.step, prev.rounds
+                self.state.initial_checkpoint = prev.initial_checkpoint or str(checkpoint)
+            self.optimizer = self.scheduler = None
+            # online continues only an online lineage: a warm-up (or iterative) checkpoint's schedule has ended
+            if resume or (mode == "online" and prev is not None and prev.mode == "online" and prev.schedule_steps > 0):
+                for k in ("schedule_start", "schedule_steps", "warmup_steps", "lr", "min_lr_ratio", "round_start",
+                          "round_steps", "examples_digest"):
+                    setattr(self.state, k, getattr(prev, k))
+                if mode == "online" and not resume and lr != prev.lr:
+                    log.info("online mode continues the stored schedule (lr=%g); lr=%g ignored", prev.lr, lr)
+                self._new_optimizer()
+                if not (self.checkpoint / OPTIMIZER_DIR).is_dir():
+                    raise FileNotFoundError(f"{self.checkpoint}: no {OPTIMIZER_DIR}/ to continue the optimizer from "
+                                            "(saved only by online rounds and interrupted calls)")
+                D.load_optimizer(self.model, self.optimizer, self.checkpoint / OPTIMIZER_DIR)
+                self._resume_scheduler()
+        except BaseException:
+            D.close_processes(self.procs)
+            raise
 
     # -- optimizer and schedule ----------------------------------------------------------------
     def _new_optimizer(self):
         import torch
 
         st = self.state
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if (p.ndim < 2 or "norm" in name) else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = D.decay_groups(self.model, self.no_decay, self.weight_decay)
         opt = torch.optim.AdamW(groups, lr=st.lr, betas=self.betas, eps=1e-8, foreach=not self.cpu)
         warm, length, floor = st.warmup_steps, st.schedule_steps, st.min_lr_ratio
         # LambdaLR counts from the schedule's start: its factor is a pure function of the lineage's step.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, warm, length, floor))
-        self.optimizer = self.accelerator.prepare_optimizer(opt)
+        self.optimizer = opt
+
+    def _resume_scheduler(self):
+        """The scheduler where the stored lineage left it: its state is derived, not stored (the
+        optimizer's param groups carry the current and initial lr)."""
+        sch = self.scheduler
+        sch.last_epoch = self.state.step - self.state.schedule_start
+        sch.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        sch._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _check_scheduler(self):
         expected = self.state.step - self.state.schedule_start
@@ -467,7 +482,7 @@ class SFTRecipe:
         n_steps = max_steps if max_steps is not None else max(1, math.ceil(epochs * len(examples) / self.batch_size))
         continue_schedule = self.mode == "online" and self.optimizer is not None
         if self.mode == "restart" and self.initial_weights is not None and st.rounds > 0:
-            self.accelerator.unwrap_model(self.model).load_state_dict(self.initial_weights)
+            D.load_full_state_dict(self.model, self.initial_weights)
             st.step = 0  # as if loaded from the initial checkpoint
         if not continue_schedule:  # fresh optimizer + schedule: iterative, restart, first online round
             total = schedule_steps or (n_steps * total_rounds if (self.mode == "online" and total_rounds) else n_steps)
@@ -496,50 +511,52 @@ class SFTRecipe:
 
         from bstar.logs import progress as progress_bar
 
-        acc, st = self.accelerator, self.state
+        procs, st, model = self.procs, self.state, self.model
         self._check_scheduler()
         data = tokenize_examples(self.tokenizer, examples,
-                                 self.max_length or getattr(acc.unwrap_model(self.model).config,
-                                                            "max_position_embeddings", None))
+                                 self.max_length or getattr(self.config, "max_position_embeddings", None))
         pad_id = self.tokenizer.pad_token_id
         world, rank, micro = self.world, self.rank, self.micro
         losses: list[float] = []
         trained_tokens = 0
         t0 = time.time()
-        self.model.train()
+        model.train()
         first_step, n_steps = st.step, end_step - st.step
         name = f"sft[{self.mode}]"
         every = loss_log_every(n_steps)
-        if acc.is_main_process:
-            log.info("%s: %d optimizer steps (step %d to %d) on %d examples, %d per batch, lr %.3e, "
-                     "%d warm-up steps of a %d-step schedule", name, n_steps, first_step, end_step, len(data),
-                     self.batch_size, st.lr, st.warmup_steps, st.schedule_steps)
-        bar = progress_bar(n_steps, name, disable=not (self.progress and acc.is_main_process), unit="step",
+        main = procs.is_main
+        if main:
+            log.info("%s: %d optimizer steps (step %d to %d) on %d examples, %d per batch (%d process(es) x %d "
+                     "micro-batch(es) of %d, %s), lr %.3e, %d warm-up steps of a %d-step schedule", name, n_steps,
+                     first_step, end_step, len(data), self.batch_size, world, self.grad_accum, micro,
+                     self.distributed, st.lr, st.warmup_steps, st.schedule_steps)
+        bar = progress_bar(n_steps, name, disable=not (self.progress and main), unit="step",
                            logger=log, dynamic_ncols=True)
         while st.step < end_step:
             idx = batch_indices(st.step, st.round_start, len(data), self.batch_size, self.seed)
             n_tok = sum(int((data[i][1][1:] != IGNORE).sum()) for i in idx)
-            loss_acc = torch.zeros((), device=acc.device)
+            loss_acc = torch.zeros((), device=procs.device)
             for m in range(self.grad_accum):
-                chunk = idx[m * micro * world : (m + 1) * micro * world][rank * micro : (rank + 1) * micro]
-                parts = length_buckets([data[i] for i in chunk])
+                global_micro = idx[m * micro * world : (m + 1) * micro * world]
+                parts = length_buckets([data[i] for i in global_micro[rank * micro : (rank + 1) * micro]],
+                                       bucket_count([data[i] for i in global_micro], micro))
                 for j, items in enumerate(parts):
-                    ids, labels = collate(items, pad_id, acc.device)
+                    ids, labels = collate(items, pad_id, procs.device)
                     last = m == self.grad_accum - 1 and j == len(parts) - 1
-                    ctx = acc.no_sync(self.model) if (not last and world > 1) else contextlib.nullcontext()
-                    with ctx, acc.autocast():
-                        loss_sum = response_token_loss(self.model, ids, labels)
-                        # DDP averages gradients over processes; scale so the result is the global token mean.
-                        acc.backward(loss_sum * (world / max(1, n_tok)))
+                    with D.gradient_sync(model, last):
+                        with D.autocast(procs, self.distributed, self.precision):
+                            loss_sum = response_token_loss(model, ids, labels)
+                        # gradients are averaged over processes; scale so the result is the global token mean
+                        (loss_sum * (world / max(1, n_tok))).backward()
                     loss_acc += loss_sum.detach()
             if self.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                D.clip_grad_norm(model, self.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             st.step += 1
             kill_point("step")  # BSTAR_KILL_AT crash point (tests only)
-            loss = (acc.reduce(loss_acc, reduction="sum").item() if world > 1 else loss_acc.item()) / max(1, n_tok)
+            loss = D.all_reduce_sum(procs, loss_acc).item() / max(1, n_tok)
             losses.append(loss)
             trained_tokens += n_tok
             bar.update(1)
@@ -549,12 +566,12 @@ class SFTRecipe:
                 st.log.append(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
             done = len(losses)
-            if acc.is_main_process and (done % every == 0 or st.step == end_step):
+            if main and (done % every == 0 or st.step == end_step):
                 recent = losses[-((done - 1) % every + 1):]  # the steps since the previous line
                 bar.info(log, "%s step %d/%d (lineage step %d): loss %.4f%s, lr %.3e", name, done, n_steps, st.step,
                          loss, mean_since(recent), self.current_lr())
         bar.close()
-        if acc.is_main_process and losses:
+        if main and losses:
             tail = losses[-10:]
             log.info("%s done: %d steps, final loss %.4f (mean of the last %d steps %.4f), %d response tokens, "
                      "%.1f s", name, len(losses), losses[-1], len(tail), sum(tail) / len(tail), trained_tokens,
@@ -564,42 +581,45 @@ class SFTRecipe:
 
     # -- checkpoint ------------------------------------------------------------------------------
     def save(self, out_dir, *, save_optimizer: bool = True) -> str:
+        """The checkpoint: weights gathered from the shards in the training dtype (bf16 on GPUs),
+        the tokenizer, the lineage's state, and (`save_optimizer`) the AdamW shards."""
         import torch
 
-        acc, out = self.accelerator, Path(out_dir)
-        acc.wait_for_everyone()
-        unwrapped = acc.unwrap_model(self.model)
-        full_state = acc.get_state_dict(self.model) if self.sharded else None
-        if self.sharded and save_optimizer:
-            acc.save_state(str(out / ACCEL_STATE_DIR))
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            unwrapped.save_pretrained(out, state_dict=full_state) if self.sharded else unwrapped.save_pretrained(out)
-            self.tokenizer.save_pretrained(out)
-            if save_optimizer and not self.sharded and self.optimizer is not None:
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                           out / OPT_FILE)
+        out = Path(out_dir)
+        D.barrier(self.procs)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        full_state = D.full_state_dict(self.model, dtype)  # a collective: every process takes part
+        if save_optimizer and self.optimizer is not None:
+            D.save_optimizer(self.model, self.optimizer, out / OPTIMIZER_DIR)
+        if self.procs.is_main:
+            from bstar.models.loading import save_policy
+
+            save_policy(D.unwrap(self.model), self.tokenizer, out, state_dict=full_state, dtype=dtype)
             (out / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1))
-        acc.wait_for_everyone()
+        D.barrier(self.procs)
         return str(out)
 
     def close(self):
-        import gc
+        """Drop the model, optimizer and process group, and hand the device memory back."""
+        from bstar.models.loading import release_device_memory
 
         self.model = self.optimizer = self.scheduler = self.initial_weights = None
-        self.accelerator.free_memory()
-        gc.collect()
+        D.close_processes(self.procs)
+        release_device_memory()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bstar.models.trainer ARGS.json`: what `accelerate launch` runs in every process."""
+    """`python -m bstar.models.trainer ARGS.json`: what torchrun runs in every process."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     pairs = load_examples(spec.pop("examples_path"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _train_one_call(pairs, **spec)
+    from bstar.faults import inherited_stage
+
+    with inherited_stage():
+        _train_one_call(pairs, **spec)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-__all__ = ["MANIFEST", "CheckpointNotFound", "cache_root", "fetch_checkpoint", "is_remote", "manifest_exists",
-           "publish_checkpoint"]
+__all__ = ["MANIFEST", "CheckpointNotFound", "cache_root", "drop_subdir", "fetch_checkpoint", "is_remote",
+           "manifest_exists", "publish_checkpoint"]
 
 MANIFEST = "MANIFEST.json"
 CACHE_ENV = "BSTAR_CHECKPOINT_CACHE"
@@ -95,6 +95,30 @@ def publish_checkpoint(local_dir: str | os.PathLike, url: str, storage_options: 
     fs.pipe_file(f"{base}/{MANIFEST}", body)
     _adopt(local, url, body)
     return "s3://" + base
+
+
+def drop_subdir(checkpoint: str | os.PathLike, subdir: str, storage_options: dict | None = None) -> int:
+    """Delete `subdir/` of a checkpoint (e.g. the optimizer state of a round nobody resumes from);
+    the number of files removed. Published: the manifest is rewritten without them first, so a
+    reader never sees a manifest naming a file that is gone; its old cache entries stay valid."""
+    if not is_remote(checkpoint):
+        target = Path(checkpoint) / subdir
+        n = sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
+        shutil.rmtree(target, ignore_errors=True)
+        return n
+    fs, base = _fs(storage_options), _key(str(checkpoint))
+    try:
+        manifest = json.loads(fs.cat_file(f"{base}/{MANIFEST}"))
+    except FileNotFoundError:
+        return 0
+    gone = [rel for rel in manifest["files"] if rel.startswith(subdir.rstrip("/") + "/")]
+    if not gone:
+        return 0
+    manifest["files"] = {rel: meta for rel, meta in manifest["files"].items() if rel not in gone}
+    fs.pipe_file(f"{base}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    for rel in gone:
+        fs.rm_file(f"{base}/{rel}")
+    return len(gone)
 
 
 def manifest_exists(url: str, storage_options: dict | None = None) -> bool:

@@ -32,6 +32,35 @@ TRANSIENT_RETRIES = 2
 FAULT_ENV = "BSTAR_INJECT_FAULT"  # "<task name>@<iteration>", e.g. "fine-tune@2": for resume tests
 
 
+CHECK_RELEASE_ENV = "BSTAR_CHECK_RELEASE"  # set: a stage that leaves model weights alive fails
+
+
+def live_parameters() -> tuple[int, int]:
+    """(count, bytes) of the torch parameters alive in this process (0 before torch is imported)."""
+    import gc
+    import sys
+    import warnings
+
+    if "torch" not in sys.modules:
+        return 0, 0
+    import torch
+
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on every object touches deprecated torch aliases
+        warnings.simplefilter("ignore")
+        params = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter)]
+    return len(params), sum(p.numel() * p.element_size() for p in params)
+
+
+def check_released(stage_name: str, before: tuple[int, int]) -> None:
+    """The stage handed back every model it loaded: no more parameters alive than before it ran
+    (the next stage may need the device memory: a vLLM engine checks it is free)."""
+    count, size = live_parameters()
+    if count > before[0]:
+        raise RuntimeError(f"stage {stage_name} left {count - before[0]} model parameters "
+                           f"({(size - before[1]) / 2**20:.1f} MiB) alive in this process")
+
+
 class InjectedFault(RuntimeError):
     """Raised on purpose by a stage named in BSTAR_INJECT_FAULT (tests of resume and retry)."""
 
@@ -96,8 +125,12 @@ def stage_task(fn: Callable | None = None, *, name: str | None = None, tags: tup
         def run(*args, **kwargs):
             bound = inspect.signature(f).bind(*args, **kwargs).arguments
             _maybe_inject_fault(stage_name, bound)
+            before = live_parameters() if os.environ.get(CHECK_RELEASE_ENV) else None
             with faults.stage(stage_name, bound):  # BSTAR_KILL_AT crash points (tests only)
-                return f(*args, **kwargs)
+                result = f(*args, **kwargs)
+            if before is not None:
+                check_released(stage_name, before)
+            return result
 
         return task(
             run,

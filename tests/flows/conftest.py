@@ -23,9 +23,16 @@ def smoke_run(prefect_harness, tmp_path_factory):
     """One completed smoke run, its rounds mirrored to TensorBoard under `{root}/_tb`: (result dict, lake root)."""
     from bstar.flows.run import bstar_run
 
+    from bstar.tasks.common import CHECK_RELEASE_ENV
+
     root = tmp_path_factory.mktemp("smoke-lake")
-    result = bstar_run(config=str(SMOKE), run_id="smoke-test",
-                       overrides=[f"storage.root={root}", f"tracking.tensorboard_dir={root}/_tb"])
+    # every stage must hand back the models it loaded: a stage that leaves parameters alive fails the run
+    os.environ[CHECK_RELEASE_ENV] = "1"
+    try:
+        result = bstar_run(config=str(SMOKE), run_id="smoke-test",
+                           overrides=[f"storage.root={root}", f"tracking.tensorboard_dir={root}/_tb"])
+    finally:
+        os.environ.pop(CHECK_RELEASE_ENV, None)
     return result, str(root)
 
 

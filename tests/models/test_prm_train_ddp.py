@@ -37,7 +37,7 @@ def test_arguments_are_checked_before_launching(micro_policy, tmp_path):
     with pytest.raises(ValueError, match="cannot be split over 4 processes"):
         train_prm(ex, micro_policy, tmp_path / "x", num_processes=4, progress=False)
     with pytest.raises(ValueError, match="ddp"):
-        train_prm(ex, micro_policy, tmp_path / "x", num_processes=2, distributed="fsdp", progress=False)
+        train_prm(ex, micro_policy, tmp_path / "x", num_processes=2, distributed="zero3", progress=False)
     with pytest.raises(ValueError, match="one label per step"):
         train_prm([{"prompt": "q", "steps": ["a"], "labels": []}], micro_policy, tmp_path / "x", num_processes=2)
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.launch").exists()
@@ -77,7 +77,7 @@ def test_a_failed_launch_raises_with_the_processes_output(micro_policy, tmp_path
     from bstar.models.prm_train import train_prm
 
     # the processes' own exception comes first, then the command and the tail of their output
-    with pytest.raises(RuntimeError, match=r"^accelerate launch failed \(exit \d+\): \w+Error: .*no-such-policy"):
+    with pytest.raises(RuntimeError, match=r"^training launch failed \(exit \d+\): \w+Error: .*no-such-policy"):
         train_prm(_labelled_arith(4), tmp_path / "no-such-policy", tmp_path / "prm", num_processes=2, max_steps=1,
                   batch_size=4, progress=False)
 

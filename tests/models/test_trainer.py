@@ -87,7 +87,7 @@ def test_online_continues_one_schedule_iterative_starts_fresh(tmp_path, micro_po
     assert r1.step == 4
     s1 = state(r1.path)
     assert (s1["schedule_start"], s1["schedule_steps"], s1["warmup_steps"]) == (0, 8, 2)
-    assert (Path(r1.path) / "training_state.pt").exists()
+    assert (Path(r1.path) / "optimizer" / ".metadata").exists()  # AdamW shards (torch.distributed.checkpoint)
     on = train_sft(d2, r1.path, tmp_path / "on2", mode="online", max_steps=4, **{**kw, "lr": 5.0})
     s = state(on.path)
     assert on.step == 8 and s["schedule_start"] == 0 and s["lr"] == 1e-3  # lr of round 2 ignored
@@ -201,7 +201,7 @@ def test_examples_from_jsonl_and_warmup_entry_point(tmp_path, rounds_data):
 
 
 def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path, micro_policy, rounds_data):
-    """DDP over gloo on CPU, launched through `accelerate launch` by train_sft itself."""
+    """DDP over gloo on CPU, launched through torchrun by train_sft itself."""
     from bstar.models.trainer import train_sft
 
     d1, _ = rounds_data

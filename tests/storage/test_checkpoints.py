@@ -98,3 +98,19 @@ def test_corrupt_download_is_refused_and_leaves_no_entry(s3_server, tmp_path, ca
 def test_local_paths_pass_through(tmp_path):
     assert fetch_checkpoint(str(tmp_path)) == str(tmp_path)
     assert fetch_checkpoint("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_drop_subdir_rewrites_the_manifest_before_deleting(s3_server, tmp_path, caches):
+    from bstar.storage.checkpoints import drop_subdir
+
+    url = publish_checkpoint(_checkpoint(tmp_path / "stage" / "iter-1"), _url(s3_server, "d/iter-1"),
+                             s3_server.storage_options)
+    assert drop_subdir(url, "sub", s3_server.storage_options) == 1
+    assert drop_subdir(url, "sub", s3_server.storage_options) == 0
+    fs = _fs(s3_server.storage_options)
+    base = url.split("://", 1)[1]
+    assert sorted(json.loads(fs.cat_file(f"{base}/{MANIFEST}"))["files"]) == ["config.json", "model.safetensors"]
+    assert not fs.exists(f"{base}/sub/state.pt")
+    caches("fresh")  # another machine fetches the pruned checkpoint: complete and verified
+    there = Path(fetch_checkpoint(url, s3_server.storage_options))
+    assert sorted(p.name for p in there.iterdir()) == [MANIFEST, "config.json", "model.safetensors"]
