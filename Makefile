@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test test-all install real-model system-deps clean
+.PHONY: demo test test-all install real-model system-deps vllm-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ real-model: $(SMOLLM2)
 
 system-deps:
 	@bash scripts/system-deps.sh
+
+# vLLM for `sampling.backend: vllm`, in an environment of its own (it cannot share Prefect's fastapi):
+# the sampler's engine workers run under it (requirements-vllm.txt says why). A GPU machine; CUDA torch.
+vllm-env:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --quiet -r requirements-vllm.txt
+	@echo "now: export BSTAR_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python"
 
 demo: $(STAMP)
 	$(VENV)/bin/bstar compare deployments/configs/demo.yaml

@@ -33,7 +33,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     if is_compare_config(args.config):
         cc = load_compare_config(args.config, args.set)
-        preflight(cc.base, storage=False)
+        _print_memory(cc.base)  # every arm trains the same model the same way
+        _print_warnings(preflight(cc.base, storage=False, log_warnings=False))
         print(cc.model_dump_json(indent=2, exclude={"base": {"storage": {"key", "secret"}}}))
         arms = ", ".join(f"{a.name} ({a.method}, {a.reward})" for a in cc.arms)
         print(f"\nok: comparison of {len(cc.arms)} arms x {len(cc.seeds)} seed(s): {arms}", file=sys.stderr)
@@ -47,7 +48,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config, overrides=args.set)
 
-    preflight(cfg, storage=False)  # paths, data files, verifiers; `bstar run` also tries the storage root
+    _print_memory(cfg)  # before pre-flight, so a config refused for memory still shows the table
+    # paths, data files, verifiers, GPUs, memory; `bstar run` also tries the storage root
+    warnings = preflight(cfg, storage=False, log_warnings=False)
     print(cfg.model_dump_json(indent=2, exclude={"storage": {"key", "secret"}}))
     from bstar.tasks.training import training_summary
 
@@ -63,7 +66,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         # preflight above connected and checked every node; this is only the summary line
         print(f"execution: {cluster_summary(cfg)}", file=sys.stderr)
+    _print_warnings(warnings)
     return 0
+
+
+def _print_memory(cfg) -> None:
+    """The per-GPU memory table of the config's training jobs and sampler (docs/gpu-memory.md)."""
+    from bstar.models.memory import format_report
+    from bstar.preflight import memory_report
+
+    print("\n".join(format_report(memory_report(cfg))), file=sys.stderr)
+
+
+def _print_warnings(warnings) -> None:
+    for w in warnings:
+        print(f"warning: {w.field}: {w.message}", file=sys.stderr)
 
 
 def _model_summary(model) -> str:

@@ -294,8 +294,8 @@ class PRMTrainConfig(Strict):
     (default: the policy); a step is good (hard label) if any completion reaches the gold answer;
     the soft label is the fraction that does. The PRM (the policy's backbone + a scalar head) is
     then trained with binary cross-entropy at every step-end token: `steps` optimizer steps on
-    global batches of `batch_size` examples, in `num_processes` processes (DDP through
-    `accelerate launch` when > 1; each takes its shard of every batch).
+    global batches of `batch_size` examples, in `num_processes` processes (torchrun when > 1, `ddp` or
+    `fsdp`; each takes its shard of every batch).
     """
 
     queries: PositiveInt = 200
@@ -329,6 +329,9 @@ class PRMTrainConfig(Strict):
     unset: the whole per-process share of the batch at once."""
     gradient_checkpointing: bool = False
     """PRM training: recompute each decoder layer's activations in the backward pass."""
+    max_length: PositiveInt | None = None
+    """PRM training: tokens kept per example, cut from the left (labels of steps cut off are dropped and
+    counted); unset: the model's `max_position_embeddings`."""
     eval_queries: NonNegInt = 200
     """PRM evaluation: the first N queries (by id) of the first test dataset."""
     eval_k: PositiveInt = 8
@@ -462,8 +465,8 @@ class TrainingConfig(Strict):
     bf16: bool = False
     """Always train in bf16 mixed precision; false: bf16 on a CUDA GPU that supports it, else float32."""
     gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
-    """Memory of each GPU, for `bstar check`'s memory estimate when no GPU is visible (a visible GPU's own size
-    wins); unset: the estimate is printed but not checked."""
+    """Memory of each GPU in GiB (an "80 GB" card: 80), for `bstar check`'s memory estimate when no GPU is
+    visible (a visible GPU's own size wins); unset: the estimate is printed but not checked."""
     warmup: WarmupConfig = WarmupConfig()
     """The SFT warm-up on gold solutions before round 1."""
 
@@ -577,7 +580,7 @@ class ExecutionConfig(Strict):
     scoring: ShardResources = ShardResources()
     """What one scoring shard (verifiers, PRM) asks of a Ray node."""
     training: ShardResources = ShardResources()
-    """What the one warm-up or fine-tune task asks of a Ray node (accelerate spreads it over the GPUs)."""
+    """What the one warm-up or fine-tune task asks of a Ray node (torchrun spreads it over the GPUs)."""
 
     @model_validator(mode="after")
     def _address_needs_ray(self) -> "ExecutionConfig":

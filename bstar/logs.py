@@ -14,7 +14,7 @@
 `install()` puts one handler on the `bstar` logger that hands every record to Prefect's
 `APILogHandler` when a Prefect flow run or task run is active in this process (the record lands
 in that run's Logs tab, on the task run when inside a task), and drops it silently otherwise:
-plain scripts, tests and `accelerate launch` children see no "missing flow run id" warnings. It
+plain scripts, tests and torchrun children see no "missing flow run id" warnings. It
 also sets the `bstar` logger to INFO when it has no level of its own. The handler prints
 nothing: the console line comes from Prefect's console handler on the root logger, as for any
 library, so a record is printed at most once.

@@ -18,11 +18,23 @@ Checks, each reported under the config field's dotted path:
 - `data.train.path`, `data.test.N.path`: the file exists (local) or is found (fsspec URL);
   `data.*.name` / `loader` / `verifier` resolve; `reward.verifier` is a known verifier;
 - the run's verifier can work here (the code verifier's bubblewrap sandbox);
+- `training.batch_size` / `warmup.batch_size` / `reward.prm_train.batch_size`: the processes can
+  share them (the trainers would refuse them only when their stage starts);
+- GPUs (engine `local`): `sampling.backend: vllm` importable and given a GPU, data x tensor
+  parallel GPUs and `training.num_processes` / `reward.prm_train.num_processes` (one GPU each)
+  within the visible GPUs, `reward.prm_options.device` a CUDA device that exists;
+- memory (bstar.models.memory, docs/gpu-memory.md): every training job (rounds, warm-up, PRM
+  training) and the sampler's weights fit one GPU: the smallest visible one's size, else
+  `training.gpu_memory_gb`, else nothing is refused; the refusal names the setting to change
+  (`training.distributed`, `training.gradient_checkpointing`, ...) and what would fit;
 - `storage.root`: writable; on S3 the credentials are tried by listing the root and by writing
   and deleting one probe object, with short network timeouts;
 - `execution` (engine `ray`): the cluster at `execution.address` is reachable, some node has the
   CPUs/GPUs each stage asks for (`execution.sampling.num_gpus`, ...), and every node has the same
   bstar, reaches the Prefect API and sees the probe object under the lake's root.
+
+Warnings (`check_warnings`, returned and logged by `preflight`, printed by `bstar check`) never
+stop a run: the tiny model's learning rates (>= 1e-4) on a model of more than 1B parameters.
 
 The only write is one probe object `{root}/.bstar-preflight-<uuid>`, removed at once.
 Messages never contain credentials.
@@ -30,8 +42,12 @@ Messages never contain credentials.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +60,12 @@ _S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attem
 _TRUTHY = ("1", "true", "yes", "on")
 # directly under the root, not in a folder: some S3 servers keep a folder marker after a delete
 _PROBE_PREFIX = ".bstar-preflight-"
+# A learning rate this high is the tiny from-scratch model's (training.lr 1e-3, warm-up 2e-3); a
+# pretrained model of more than a billion parameters fine-tuned at it forgets what it knew.
+TINY_LR = 1e-4
+LARGE_MODEL_PARAMS = 1e9
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,11 +85,17 @@ class PreflightError(ConfigError):
         super().__init__("run cannot start:\n" + "\n".join(str(p) for p in self.problems))
 
 
-def preflight(cfg: RunConfig, *, storage: bool = True) -> None:
-    """Raise PreflightError when any check fails (see the module docstring)."""
+def preflight(cfg: RunConfig, *, storage: bool = True, log_warnings: bool = True) -> list[Problem]:
+    """Raise PreflightError when any check fails (see the module docstring); else return the
+    warnings (`check_warnings`), logged as WARNING lines unless `log_warnings` is false."""
     problems = check_run(cfg, storage=storage)
     if problems:
         raise PreflightError(problems)
+    warnings = check_warnings(cfg)
+    if log_warnings:
+        for w in warnings:
+            log.warning("pre-flight: %s: %s", w.field, w.message)
+    return warnings
 
 
 def check_run(cfg: RunConfig, *, storage: bool = True) -> list[Problem]:
@@ -80,6 +108,9 @@ def check_run(cfg: RunConfig, *, storage: bool = True) -> list[Problem]:
         problems += check_model("reward.prm_train.completer", cfg.reward.prm_train.completer, opts)
     problems += check_data(cfg)
     problems += check_verifier(cfg)
+    problems += check_batches(cfg)
+    problems += check_gpus(cfg)
+    problems += check_memory(cfg)
     if storage:
         problems += check_storage(cfg)
     if cfg.execution.engine == "ray" and not problems:
@@ -302,6 +333,159 @@ def check_verifier(cfg: RunConfig) -> list[Problem]:
     except Exception as e:
         return [Problem(field, f"verifier {name!r} pre-flight failed: {type(e).__name__}: {str(e)[:300]}")]
     return []
+
+
+# --- batches, GPUs and memory ------------------------------------------------------------------
+
+
+def check_batches(cfg: RunConfig) -> list[Problem]:
+    """Global batches that the processes cannot share evenly: the trainer would refuse them
+    only when the stage starts (training's micro_batch_size case is already a config error)."""
+    t, problems = cfg.training, []
+    if t.micro_batch_size is None:
+        split = t.grad_accum * t.num_processes
+        batches = [("training.batch_size", t.batch_size)]
+        if t.warmup.steps:
+            batches.append(("training.warmup.batch_size", t.warmup.batch_size))
+        for where, batch in batches:
+            if batch % split:
+                problems.append(Problem(where, f"{batch} is not a multiple of grad_accum x num_processes = "
+                                               f"{t.grad_accum} x {t.num_processes} (or set training.micro_batch_size)"))
+    pt = cfg.reward.prm_train
+    if pt is not None and not cfg.reward.prm:
+        if pt.micro_batch_size is not None and pt.batch_size % (pt.micro_batch_size * pt.num_processes):
+            problems.append(Problem("reward.prm_train.batch_size", f"{pt.batch_size} is not a multiple of "
+                                    f"micro_batch_size x num_processes = {pt.micro_batch_size} x {pt.num_processes}"))
+        elif pt.batch_size < pt.num_processes:
+            problems.append(Problem("reward.prm_train.batch_size", f"{pt.batch_size} examples cannot be shared by "
+                                    f"{pt.num_processes} processes (reward.prm_train.num_processes)"))
+    return problems
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    total_bytes: int
+    bf16: bool
+
+
+def _nvidia_driver() -> bool:
+    """Whether this machine could have an NVIDIA GPU at all: on one without the driver, importing
+    torch (seconds) to learn that there is none would slow every `bstar check`."""
+    return ("torch" in sys.modules or os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+            or shutil.which("nvidia-smi") is not None)
+
+
+@functools.lru_cache(maxsize=1)
+def visible_gpus() -> tuple[GPU, ...]:
+    """The CUDA GPUs this process sees (after CUDA_VISIBLE_DEVICES); () when none. Asking names and
+    sizes creates no CUDA context (no GPU memory is taken: 4 MiB used before and after on an
+    H200), though torch then counts CUDA as initialised here, as every in-process GPU stage does;
+    the multi-GPU trainers and vLLM's engines start in fresh processes."""
+    if not _nvidia_driver():
+        return ()
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return ()
+        bf16 = torch.cuda.is_bf16_supported()
+        return tuple(GPU(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory, bf16)
+                     for i in range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001 - a broken driver or CUDA install: the stages would report it
+        return ()
+
+
+def _vllm_missing() -> str | None:
+    """Why the vLLM workers could not start here (their interpreter, `BSTAR_VLLM_PYTHON` or this
+    one, cannot import vllm), or None; looked up without importing vllm (seconds, and CUDA)."""
+    from bstar.models.vllm_backend import PYTHON_ENV, check_engine_module
+
+    try:
+        check_engine_module(os.environ.get(PYTHON_ENV) or sys.executable, "vllm")
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def check_gpus(cfg: RunConfig) -> list[Problem]:
+    """What the config asks of this machine's GPUs: vLLM installed and a GPU for it, the sampler's
+    data x tensor parallel GPUs and the training processes (one GPU each) within the visible GPUs,
+    a CUDA PRM device that exists. With `execution.engine: ray` the stages run on the cluster's
+    nodes, whose GPUs `check_execution` looks at instead."""
+    if cfg.execution.engine != "local":
+        return []
+    problems: list[Problem] = []
+    gpus = visible_gpus()
+    s = cfg.sampling
+    if s.backend == "vllm":
+        missing = _vllm_missing()
+        if missing:
+            problems.append(Problem("sampling.backend", missing))
+        elif not gpus:
+            problems.append(Problem("sampling.backend", "vllm needs a CUDA GPU and none is visible here "
+                                    "(check the driver and CUDA_VISIBLE_DEVICES)"))
+        if gpus and s.data_parallel_size * s.tensor_parallel_size > len(gpus):
+            where = "sampling.tensor_parallel_size" if s.tensor_parallel_size > len(gpus) else "sampling.data_parallel_size"
+            problems.append(Problem(where, f"data_parallel_size x tensor_parallel_size = {s.data_parallel_size} x "
+                                           f"{s.tensor_parallel_size} GPUs but {len(gpus)} are visible"))
+    if gpus:  # no GPU: multi-process training runs on the CPU (gloo), which is allowed
+        pt = cfg.reward.prm_train if not cfg.reward.prm else None
+        for where, n in (("training.num_processes", cfg.training.num_processes),
+                         ("reward.prm_train.num_processes", pt.num_processes if pt else 1)):
+            if n > len(gpus):
+                problems.append(Problem(where, f"{n} processes, one per GPU, but {len(gpus)} GPU(s) are visible"))
+    device = cfg.reward.prm_options.device
+    if cfg.reward.kind == "answer+prm" and device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+        if not gpus:
+            problems.append(Problem("reward.prm_options.device", f"{device!r} but no CUDA GPU is visible here"))
+        elif index >= len(gpus):
+            problems.append(Problem("reward.prm_options.device", f"{device!r} but {len(gpus)} GPU(s) are visible"))
+    return problems
+
+
+def memory_report(cfg: RunConfig):
+    """bstar.models.memory's estimate for this config, against each GPU's size: the smallest
+    visible GPU's (local engine), else `training.gpu_memory_gb`, else unknown."""
+    from bstar.models.memory import GIB, run_report
+
+    gpus = visible_gpus() if cfg.execution.engine == "local" else ()
+    if gpus:
+        small = min(gpus, key=lambda g: g.total_bytes)
+        return run_report(cfg, gpu_bytes=small.total_bytes, gpu_source=f"{small.name}, visible", cuda=True,
+                          bf16_supported=small.bf16)
+    gb = cfg.training.gpu_memory_gb
+    if gb:
+        return run_report(cfg, gpu_bytes=int(gb * GIB), gpu_source="training.gpu_memory_gb")
+    return run_report(cfg)
+
+
+def check_memory(cfg: RunConfig) -> list[Problem]:
+    """A training job (the rounds, the warm-up, PRM training) or the sampler that cannot fit one
+    GPU: one line naming the setting to change, the numbers, and what would fit."""
+    from bstar.models.memory import report_problems
+
+    return [Problem(f, m) for f, m in report_problems(memory_report(cfg))]
+
+
+def check_warnings(cfg: RunConfig) -> list[Problem]:
+    """Settings that run but are very likely wrong: the tiny model's learning rates on a model of
+    more than a billion parameters."""
+    from bstar.models.memory import ShapeUnavailable, format_params, policy_shape
+
+    try:
+        params = policy_shape(cfg.model).parameters()
+    except ShapeUnavailable:
+        return []
+    if params <= LARGE_MODEL_PARAMS:
+        return []
+    t, pt = cfg.training, cfg.reward.prm_train
+    rates = [("training.lr", t.lr, True), ("training.warmup.lr", t.warmup.lr, t.warmup.steps > 0),
+             ("reward.prm_train.lr", pt.lr if pt else 0.0, pt is not None and not cfg.reward.prm)]
+    return [Problem(where, f"{lr:g} is the tiny model's learning rate, for a {format_params(params)}-parameter model; "
+                           "the B-STaR code trains Mistral-7B at 5e-6 (warm-up), 4.12e-6 (rounds) and its PRM at 2e-6")
+            for where, lr, used in rates if used and lr >= TINY_LR]
 
 
 # --- storage -----------------------------------------------------------------------------------

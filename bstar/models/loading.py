@@ -93,7 +93,6 @@ def load_policy(
     A GGUF model is rebuilt as a plain float model (no `quantization_config`), so it can be trained
     and saved with `save_pretrained` like any other checkpoint.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()

@@ -132,7 +132,7 @@ def shard(batch: list, rank: int, world: int) -> list:
 # what the launched processes get (ARGS.json): train_prm's arguments but the examples
 _LAUNCH_KWARGS = ("init", "out_dir", "step_delimiter", "max_steps", "lr", "batch_size", "weight_decay",
                   "warmup_ratio", "max_grad_norm", "head_lr_mult", "seed", "device", "num_processes",
-                  "distributed", "micro_batch_size", "gradient_checkpointing", "precision", "progress",
+                  "distributed", "micro_batch_size", "gradient_checkpointing", "precision", "max_length", "progress",
                   "provenance")
 
 
@@ -156,6 +156,7 @@ def train_prm(
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
     precision: str = "auto",
+    max_length: int | None = None,
     launch_args: list[str] | None = None,
     progress: bool = True,
     provenance: dict | None = None,
@@ -165,6 +166,7 @@ def train_prm(
     `batch_size` is the global batch (examples per optimizer step) whatever `num_processes` is;
     with `num_processes > 1` the call runs in that many processes (torchrun; `distributed` ddp or
     fsdp). `micro_batch_size`: examples per process per forward pass (gradients accumulated).
+    `max_length`: tokens kept per example (from the left; default the model's context).
     """
     from bstar.models.distributed import STRATEGIES
     from bstar.models.launch import is_launched
@@ -189,13 +191,13 @@ def train_prm(
                   batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                   max_grad_norm=max_grad_norm, head_lr_mult=head_lr_mult, seed=seed, device=device,
                   distributed=distributed, micro_batch_size=micro_batch_size,
-                  gradient_checkpointing=gradient_checkpointing, precision=precision, progress=progress,
-                  provenance=provenance)
+                  gradient_checkpointing=gradient_checkpointing, precision=precision, max_length=max_length,
+                  progress=progress, provenance=provenance)
 
 
 def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, weight_decay, warmup_ratio,
            max_grad_norm, head_lr_mult, seed, device, distributed, micro_batch_size, gradient_checkpointing,
-           precision, progress, provenance) -> PRMTrainInfo:
+           precision, max_length, progress, provenance) -> PRMTrainInfo:
     t0 = time.time()
     dev = resolve_device(device)
     procs = D.init_processes(dev, distributed)
@@ -205,8 +207,8 @@ def _train(data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, we
                          max_grad_norm=max_grad_norm, head_lr_mult=head_lr_mult, seed=seed,
                          distributed=distributed, micro_batch_size=micro_batch_size,
                          gradient_checkpointing=gradient_checkpointing,
-                         precision=D.training_precision(precision, dev), progress=progress, provenance=provenance,
-                         t0=t0)
+                         precision=D.training_precision(precision, dev), max_length=max_length, progress=progress,
+                         provenance=provenance, t0=t0)
     finally:
         D.close_processes(procs)
         release_device_memory()
@@ -246,7 +248,7 @@ def _collate_steps(items, pad: int):
 
 def _train_in(procs, data, init, out_dir, *, step_delimiter, max_steps, lr, batch_size, weight_decay,
               warmup_ratio, max_grad_norm, head_lr_mult, seed, distributed, micro_batch_size,
-              gradient_checkpointing, precision, progress, provenance, t0) -> PRMTrainInfo:
+              gradient_checkpointing, precision, max_length, progress, provenance, t0) -> PRMTrainInfo:
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
@@ -262,7 +264,7 @@ def _train_in(procs, data, init, out_dir, *, step_delimiter, max_steps, lr, batc
     # FSDP builds on the CPU and moves only its shards to the device
     model, tok, head, spec = build_prm_backbone(str(init), device="cpu" if distributed == "fsdp" else str(dev))
     spec.step_delimiter = step_delimiter
-    max_len = getattr(model.config, "max_position_embeddings", None)
+    max_len = max_length or getattr(model.config, "max_position_embeddings", None)
     encoded, n_cut, n_cut_examples = [], 0, 0
     for ex in data:
         ids, pos, cut = step_inputs(tok, spec, ex["prompt"], ex["steps"], max_len)
@@ -272,7 +274,7 @@ def _train_in(procs, data, init, out_dir, *, step_delimiter, max_steps, lr, batc
         n_cut_examples += bool(cut)
     if n_cut and main_process:
         log.warning("PRM training: %d step labels of %d examples dropped, their step-end token cut off by "
-                    "left truncation to max_position_embeddings=%s", n_cut, n_cut_examples, max_len)
+                    "left truncation to %d tokens", n_cut, n_cut_examples, max_len)
     n_labels = sum(len(e[2]) for e in encoded)
     pos_rate = sum(sum(e[2]) for e in encoded) / max(1, n_labels)
 

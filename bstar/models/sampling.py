@@ -21,93 +21,20 @@ runs its own decode loop over the cache; rows that finish are dropped from the b
 from __future__ import annotations
 
 import gc
-import hashlib
 import inspect
 import logging
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable
 
 from bstar.faults import kill_point
+# The interface and the registry live in sampler_api (which the vLLM backend imports too, so the
+# backends never import each other); re-exported here, where callers have always found them.
+from bstar.models.sampler_api import Sample, Sampler, get_sampler, register_sampler, sampler_backends, seed_for
+
+__all__ = ["Sample", "Sampler", "TransformersSampler", "get_sampler", "register_sampler", "sampler_backends",
+           "seed_for", "choose_tokens", "gumbel_noise", "naive_generate"]
 
 log = logging.getLogger(__name__)
 
 M32 = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class Sample:
-    text: str
-    n_tokens: int  # generated tokens, the EOS token included when it ended the sample
-    finish_reason: str  # 'stop' (EOS or a stop string) | 'length' (max_new_tokens reached)
-    sample_idx: int
-
-
-def seed_for(*parts) -> int:
-    """A stable 63-bit seed from any parts (query id, round, ...): the same on every machine."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-class Sampler(ABC):
-    """K samples per prompt; `close()` (or leaving the `with` block) frees the model."""
-
-    @abstractmethod
-    def sample(
-        self,
-        prompts: list[str],
-        k: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 256,
-        *,
-        seeds: list[int] | None = None,
-        base_seed: int = 0,
-        stop: list[str] | None = None,
-        first_sample_idx: int = 0,
-        progress: bool = True,
-    ) -> list[list[Sample]]: ...
-
-    def greedy(self, prompts: list[str], max_new_tokens: int = 256, *, stop: list[str] | None = None,
-               progress: bool = True) -> list[Sample]:
-        """Greedy decoding (Pass@1): one sample per prompt."""
-        out = self.sample(prompts, k=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=stop,
-                          progress=progress)
-        return [row[0] for row in out]
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-_REGISTRY: dict[str, Callable[..., Sampler]] = {}
-
-
-def register_sampler(name: str, factory: Callable[..., Sampler]) -> None:
-    _REGISTRY[name] = factory
-
-
-def sampler_backends() -> list[str]:
-    """Backend names `sampling.backend` accepts: the built-ins and every registered one."""
-    return sorted(set(_REGISTRY) | {"transformers", "vllm"})
-
-
-def get_sampler(backend: str, model_path: str, **opts) -> Sampler:
-    """A sampler by backend name ('transformers', 'vllm', or one registered later)."""
-    if backend == "vllm" and "vllm" not in _REGISTRY:
-        from bstar.models.vllm_backend import VLLMSampler  # lazy: vllm is an optional extra
-
-        register_sampler("vllm", VLLMSampler)
-    try:
-        factory = _REGISTRY[backend]
-    except KeyError:
-        raise ValueError(f"unknown sampler backend {backend!r}; known: {sampler_backends()}") from None
-    return factory(model_path, **opts)
 
 
 # ----------------------------------------------------------------------------------------------
