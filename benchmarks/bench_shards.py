@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     with S3Server(bucket="bench-shards") as s3, RayCluster(nodes=2, cpus=1) as cluster, \
             prefect_test_harness(server_startup_timeout=180):
         os.environ.update(AWS_ACCESS_KEY_ID=s3.key, AWS_SECRET_ACCESS_KEY=s3.secret)
+        cluster.as_driver()  # the cluster's token (token authentication is on)
         work = Path(cluster.node_home(0)).parent / "driver"
         os.environ.update(BSTAR_CHECKPOINT_DIR=str(work / "checkpoints"), BSTAR_CHECKPOINT_CACHE=str(work / "cache"))
         base = load_compare_config(str(REPO / "deployments/configs/demo.yaml")).base

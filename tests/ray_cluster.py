@@ -2,6 +2,7 @@
 
     from tests.ray_cluster import RayCluster
     with RayCluster(nodes=2, cpus=1) as cluster:     # `ray start --head` + `ray start --address`
+        cluster.as_driver(monkeypatch)               # this process gets the cluster's token
         cfg.execution.address = cluster.address
         cluster.kill_node(1)                         # SIGKILL the second node's raylet
 
@@ -10,6 +11,12 @@ directory, HOME and checkpoint cache (`node_home(i)`), so the nodes share nothin
 test gives them (the S3 server). They listen on 127.0.0.2: Ray replaces 127.0.0.1 given as
 `--node-ip-address` by the machine's network address, any other loopback address it keeps, so
 every byte of a test stays on the loopback interface. Usage stats and the dashboard are off.
+
+Token authentication is on, as docs/scale-out.md starts a cluster: every node runs with
+`RAY_AUTH_MODE=token` and the cluster's token in `RAY_AUTH_TOKEN_PATH` (a file of the fixture's);
+a driver connects with `cluster.driver_env()` in its environment (`bstar run`, `bstar serve`, or
+this process through `cluster.as_driver(monkeypatch)`).
+
 Stopping kills the processes the fixture started (each node's process group, then any process
 that carries the cluster's marker variable, e.g. Ray's agents that start sessions of their own);
 never a machine-wide `ray stop`.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,11 +37,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RayCluster", "NODE_IP"]
+__all__ = ["AUTH_VARS", "NODE_IP", "RayCluster"]
 
 NODE_IP = "127.0.0.2"
 MARKER = "BSTAR_TEST_RAY_CLUSTER"
 RAY = Path(sys.executable).with_name("ray")
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # what a driver of the cluster needs
 
 
 def _free_port() -> int:
@@ -50,6 +59,7 @@ class RayCluster:
     cpus: int = 1
     startup_timeout: float = 120.0
     address: str = ""
+    token: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)  # as `ray get-auth-token` makes
     _dir: str = field(default="", repr=False)
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _marker: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
@@ -61,9 +71,41 @@ class RayCluster:
         """Node i's checkpoint cache (BSTAR_CHECKPOINT_CACHE of its workers)."""
         return self.node_home(i) / "checkpoint-cache"
 
+    @property
+    def token_file(self) -> Path:
+        """The cluster's token, readable by this user only, as an operator would keep it."""
+        return Path(self._dir) / "auth_token"
+
+    def driver_env(self) -> dict[str, str]:
+        """What a process needs in its environment to connect to the cluster (token auth on)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file)}
+
+    def as_driver(self, monkeypatch=None) -> None:
+        """Make this process the cluster's driver: the cluster's token in its environment and no
+        other Ray auth setting (through `monkeypatch` in a test, so it is undone after it), then
+        Ray's auth state read again: Ray reads the mode and the token once per process, when it is
+        first imported or used, which in a test process may be long before this."""
+        import ray
+
+        ray.is_initialized()  # prefect-ray imports ray lazily: load it before one of its submodules
+        from ray._private.authentication_test_utils import reset_auth_token_state
+
+        env = self.driver_env()
+        for k in AUTH_VARS:
+            if monkeypatch is None:
+                os.environ.pop(k, None)
+                os.environ.update({k: env[k]} if k in env else {})
+            elif k in env:
+                monkeypatch.setenv(k, env[k])
+            else:
+                monkeypatch.delenv(k, raising=False)
+        reset_auth_token_state()  # what Ray's own tests do when they change these variables
+
     def start(self) -> "RayCluster":
         # short: Ray's unix sockets live under the temp dir (108-byte path limit)
         self._dir = tempfile.mkdtemp(prefix="bray-", dir="/tmp")
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
         port = _free_port()
         self.address = f"{NODE_IP}:{port}"
         atexit.register(self.stop)
@@ -83,7 +125,7 @@ class RayCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PREFECT_"))}
         env.update(HOME=str(home), BSTAR_CHECKPOINT_CACHE=str(self.cache(i)),
                    BSTAR_CHECKPOINT_DIR=str(home / "checkpoints"), RAY_USAGE_STATS_ENABLED="0",
-                   PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **{MARKER: self._marker})
+                   PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **self.driver_env(), **{MARKER: self._marker})
         cmd = [str(RAY), "start", "--block", *role, f"--node-ip-address={NODE_IP}", f"--num-cpus={self.cpus}",
                "--num-gpus=0", f"--temp-dir={home / 'tmp'}", "--disable-usage-stats"]
         log = open(home / "ray-start.log", "ab")
@@ -91,8 +133,9 @@ class RayCluster:
                                             start_new_session=True, stdin=subprocess.DEVNULL))
 
     def alive_nodes(self) -> int:
+        env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
         out = subprocess.run([str(RAY), "status", f"--address={self.address}"], capture_output=True, text=True,
-                             timeout=60, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                             timeout=60, env={**env, "RAY_USAGE_STATS_ENABLED": "0", **self.driver_env()})
         active = out.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
         return sum(1 for line in active.splitlines() if "node_" in line)
 

@@ -4,8 +4,9 @@
                                                           [--workdir DIR] [--limit N]
 
 The serving process runs each triggered flow run in a subprocess, so the UI can start, schedule
-and retry runs. GPU stages carry the `gpu` tag; a tag concurrency limit of `--gpu-slots` makes
-them queue for the device instead of competing for its memory.
+and retry runs. The task runs that run a model in a flow run's process carry the `gpu` tag (a
+stage that only coordinates shards does not: `bstar.tasks.shards`); a tag concurrency limit of
+`--gpu-slots` makes them queue for the device instead of competing for its memory.
 
 The flow runs' working directory is `--workdir` (default: the folder that holds `deployments/`),
 so relative paths (a config YAML, `storage.root: ./lake`) mean the same in every run. A
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import yaml
 
-GPU_TAG = "gpu"
+# one name for the tag, next to the code that decides who holds it
+from bstar.tasks.shards import GPU_TAG
+
 STOP_TIMEOUT_S = 15.0
 POLLED_RECENTLY_S = 30.0  # three runner poll intervals: younger than this, someone serves it
 

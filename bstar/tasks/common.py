@@ -35,20 +35,31 @@ FAULT_ENV = "BSTAR_INJECT_FAULT"  # "<task name>@<iteration>", e.g. "fine-tune@2
 CHECK_RELEASE_ENV = "BSTAR_CHECK_RELEASE"  # set: a stage that leaves model weights alive fails
 
 
-def live_parameters() -> tuple[int, int]:
-    """(count, bytes) of the torch parameters alive in this process (0 before torch is imported)."""
-    import gc
-    import sys
-    import warnings
+_parameters: dict | None = None  # id -> weak reference, for every torch parameter registered since the first count
 
-    if "torch" not in sys.modules:
-        return 0, 0
+
+def _track(module, name, param) -> None:
+    import weakref
+
+    if param is not None and id(param) not in _parameters:
+        key = id(param)
+        _parameters[key] = weakref.ref(param, lambda _, key=key: _parameters.pop(key, None))
+
+
+def live_parameters() -> tuple[int, int]:
+    """(count, bytes) of the torch parameters registered since this was first called that are
+    still alive. Tracked as they are registered on a module (torch's global registration hook),
+    so a count costs one garbage collection, not a walk over every object of the process."""
+    import gc
+
     import torch
 
-    gc.collect()
-    with warnings.catch_warnings():  # isinstance on every object touches deprecated torch aliases
-        warnings.simplefilter("ignore")
-        params = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter)]
+    global _parameters
+    if _parameters is None:
+        _parameters = {}
+        torch.nn.modules.module.register_module_parameter_registration_hook(_track)
+    gc.collect()  # models often hold reference cycles: only what is truly referenced counts
+    params = [p for p in (r() for r in list(_parameters.values())) if p is not None]
     return len(params), sum(p.numel() * p.element_size() for p in params)
 
 

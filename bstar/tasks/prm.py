@@ -29,6 +29,7 @@ from bstar.tasks.common import (checkpoint_dir, checkpoint_location, is_remote, 
 from bstar.tasks.data import SPLIT_TRAIN, _rank, as_rows, read_queries, test_splits
 from bstar.tasks.prompts import render_prompts
 from bstar.tasks.scorers import base_verifier, verifier_of
+from bstar.tasks.shards import GPU_TAG
 
 ANNOTATE_STAGE = "annotate"
 PRM_EVAL_STAGE = "prm-eval"
@@ -113,7 +114,7 @@ def _verify(verifier: str, pairs: list[tuple[str, str]], cfg) -> list[bool]:
 # ----------------------------------------------------------------------------------------------
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def annotate_chunk(run_id: str, iteration: int, chunk: int, policy: str, completer: str, cfg_json: str) -> dict:
     """Annotate the steps of N sampled solutions for one chunk of the annotation queries."""
     from bstar.datasets import answer_for_verifier
@@ -248,7 +249,7 @@ def prm_examples(cfg, run_id: str, iteration: int, policy: str, label: str = "ha
     ]
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> dict:
     """Train a bstar-scalar PRM from `init` (a policy or PRM) on this iteration's annotations."""
     from bstar.models.prm_train import train_prm
@@ -263,7 +264,9 @@ def train_prm_stage(run_id: str, iteration: int, init: str, cfg_json: str) -> di
     local_out = checkpoint_dir(cfg, run_id, prm_checkpoint_name(iteration)) if is_remote(out) else out
     info = train_prm(
         examples, init, local_out, step_delimiter=_delimiter_for(cfg, cfg.data.train.name), max_steps=t.steps, lr=t.lr,
-        batch_size=t.batch_size, num_processes=t.num_processes, seed=cfg.seed,
+        batch_size=t.batch_size, num_processes=t.num_processes, distributed=t.distributed,
+        micro_batch_size=t.micro_batch_size, gradient_checkpointing=t.gradient_checkpointing, max_length=t.max_length,
+        precision="bf16" if cfg.training.bf16 else "auto", seed=cfg.seed,
         provenance={"run_id": run_id, "iteration": iteration, "labels": t.label, "annotations": "math-shepherd"},
     )
     path = publish_checkpoint(cfg, info.path, out)
@@ -404,7 +407,7 @@ def prm_ranking_metrics(run_id: str, iteration: int, cfg_json: str) -> dict:
             "best_of_k": {r["name"]: round(r["value"], 4) for r in best.iter_rows(named=True)}}
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def evaluate_prm(run_id: str, iteration: int, prm_path: str, policy: str, cfg_json: str) -> dict:
     """PRM quality on the run's first test split: step accuracy / AUC vs the truth (arith), the
     AUC for sound solutions among right answers, Math-Shepherd label agreement with the truth,

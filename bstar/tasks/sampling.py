@@ -19,7 +19,7 @@ import polars as pl
 from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, local_checkpoint, stage_task
 from bstar.tasks.data import subset_frame
 from bstar.tasks.prompts import render_prompts
-from bstar.tasks.shards import run_shards, shard_bounds, shard_name
+from bstar.tasks.shards import GPU_TAG, run_shards, shard_bounds, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def part_name(subset: str, temperature: float) -> str:
     return f"part-{subset}-t{temperature:.4f}".rstrip("0").rstrip(".")
 
 
-@stage_task(tags=("gpu",))
+@stage_task  # no `gpu` tag: its shards hold the device (bstar.tasks.shards)
 def sample_candidates(
     run_id: str,
     iteration: int,
@@ -69,7 +69,7 @@ def temperature_list(temperatures: list[float]) -> str:
     return "t=" + ", ".join(f"{t:g}" for t in temperatures)
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def sample_shard(
     run_id: str,
     iteration: int,

@@ -19,7 +19,7 @@ import polars as pl
 
 from bstar.tasks.common import chunk_part, chunk_parts_re, lake_of, load_cfg, stage_task
 from bstar.tasks.data import as_rows, read_queries
-from bstar.tasks.shards import run_shards, shard_bounds, shard_name
+from bstar.tasks.shards import on_device, run_shards, shard_bounds, shard_name
 from bstar.tasks.scorers import PRM_SUFFIX, base_verifier, rewards_part, verifier_of
 from bstar.verifiers.base import SCORER_FAILURES
 from bstar.verifiers.distinct import VerdictCache, verify_distinct
@@ -76,7 +76,8 @@ def score_candidates(run_id: str, iteration: int, stage: str, scorer: str, cfg_j
     calls = [dict(run_id=run_id, iteration=iteration, stage=stage, scorer=scorer, shard=i, shards=len(bounds),
                   parts=None if len(bounds) == 1 else names[lo:hi], cfg_json=cfg_json)
              for i, (lo, hi) in enumerate(bounds)]
-    done = run_shards(cfg, score_shard, calls, "scoring")
+    # a PRM holds the device; answer-only verifiers never wait for it
+    done = run_shards(cfg, on_device(score_shard, scorer.endswith(PRM_SUFFIX)), calls, "scoring")
     written = {name: {p for d in done for p in d["parts"].get(name, [])} for name in {verifier, scorer}}
     if not any(d["chunks"] for d in done):  # no candidates: an empty part still records that the stage was scored
         lake.write("rewards", verify_frame(verifier, _empty_frame(), 1, None), run_id, iteration, stage,

@@ -20,12 +20,20 @@ Where shards run is `execution.engine`:
 
 Nothing here schedules, queues or talks to workers: Ray places and retries, Prefect records and
 caches.
+
+The `gpu` slot (`bstar serve --gpu-slots N` makes a concurrency limit for the tag `gpu`) is held
+only by the work that runs a model in this process: shard tasks carry the tag, coordinators do
+not, because Prefect holds a task's tag slot for the task run's whole life and a coordinator
+holding the only slot would wait forever for its own shard. A single shard run inline holds the
+slots of the shard task's tags itself (`hold_tag_slots`); on Ray the shards leave the tag behind,
+since the devices they use are the nodes', and Ray's `num_gpus` is their queue.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from typing import Any
 
 from bstar.config import RunConfig
@@ -37,6 +45,9 @@ log = logging.getLogger(__name__)
 FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "HF_HUB_OFFLINE", "BSTAR_INJECT_FAULT", "PREFECT_TASKS_REFRESH_CACHE")
+
+GPU_TAG = "gpu"  # the tag whose concurrency limit `bstar serve --gpu-slots N` sets
+THREADS_ENV = "BSTAR_TORCH_THREADS"  # torch's CPU threads in every stage (see `torch_threads`)
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -63,8 +74,50 @@ def run_shards(cfg: RunConfig, shard_task, calls: list[dict[str, Any]], resource
     if len(calls) == 1 and (TaskRunContext.get() is not None or FlowRunContext.get() is None):
         # a single local shard of a stage task is the stage itself: no task run of its own, as
         # before sharding (and outside any flow, e.g. a stage's `.fn` called by a test, plain code)
-        return [shard_task.fn(**calls[0])]
+        with hold_tag_slots(shard_task):
+            return [shard_task.fn(**calls[0])]
     return [shard_task(**call) for call in calls]
+
+
+@contextmanager
+def hold_tag_slots(task):
+    """Hold the concurrency slots of `task`'s tags (the `gpu` slot) in the task run this process is
+    in, as a task run of `task` would: a shard run inline in its coordinator's task run, which
+    carries no `gpu` tag, still holds the device while it runs the model. Outside a task run
+    (plain code, a test calling `.fn`) there is no Prefect API to ask, and nothing is held."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is None or not task.tags:
+        yield
+        return
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency._sync import concurrency
+
+    # what Prefect's task engine does for a task run's tags, with its own `concurrency` (quiet
+    # when the tag has no limit, e.g. a run without `bstar serve`: then nothing is held)
+    with concurrency([f"tag:{t}" for t in sorted(task.tags)], occupy=1, lease_duration=60, suppress_warnings=True,
+                     holder=ConcurrencyLeaseHolder(type="task_run", id=ctx.task_run.id)):
+        yield
+
+
+def uses_device(task) -> bool:
+    """Whether task runs of `task` run a model (they carry the `gpu` tag)."""
+    return GPU_TAG in (task.tags or ())
+
+
+def on_device(task, device: bool = True):
+    """`task` with the `gpu` tag when `device` (its runs load a model: PRM scoring), without it
+    otherwise (answer-only scoring never waits for the device)."""
+    tags = set(task.tags or ()) - {GPU_TAG}
+    return with_tags(task, tags | {GPU_TAG} if device else tags)
+
+
+def with_tags(task, tags: set[str]):
+    """A copy of `task` with exactly `tags` (`with_options(tags=[])` would keep the old ones)."""
+    copy = task.with_options()
+    copy.tags = set(tags)
+    return copy
 
 
 def ray_init_kwargs(cfg: RunConfig) -> dict:
@@ -79,8 +132,26 @@ def ray_init_kwargs(cfg: RunConfig) -> dict:
     url = prefect_api_url()
     if url:
         env["PREFECT_API_URL"] = url
+    env[THREADS_ENV] = str(torch_threads())
     return {"namespace": "bstar", "runtime_env": {"env_vars": env}, "log_to_driver": True,
             "configure_logging": False}
+
+
+def torch_threads() -> int:
+    """The CPU threads a stage of this process runs torch on, by the rule of
+    `bstar.models.loading.set_cpu_threads`: BSTAR_TORCH_THREADS, else OMP_NUM_THREADS, else every
+    core of this machine.
+
+    The flow run hands this count to every Ray worker as BSTAR_TORCH_THREADS. On CPU a matrix
+    product split over another number of threads sums in another order; the last bits differ and,
+    rarely, a sampled token flips. A Ray worker would otherwise run on the CPUs its shard asked
+    for (Ray sets OMP_NUM_THREADS to `num_cpus`), the local run on every core: with the count
+    handed over, a sharded run samples what the local run on this machine samples."""
+    for var in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
 
 
 def prefect_api_url() -> str | None:
@@ -132,14 +203,16 @@ def _run_on_ray(cfg: RunConfig, shard_task, calls: list[dict], resources: str) -
 
     from bstar.tasks.common import result_storage
 
-    connect_ray(cfg)  # RayTaskRunner reuses an initialized connection
-    ask = getattr(cfg.execution, resources)
+    ray = connect_ray(cfg)  # RayTaskRunner reuses an initialized connection
+    num_cpus, num_gpus = ray_ask(cfg, resources, shard_task, _most_gpus_on_a_node(ray))
     run_id = calls[0].get("run_id", "run")
-    task = shard_task.with_options(result_storage=result_storage(cfg, run_id))
+    # the `gpu` slot is this machine's device: shards on the cluster queue for theirs through Ray
+    task = with_tags(shard_task.with_options(result_storage=result_storage(cfg, run_id)),
+                     set(shard_task.tags or ()) - {GPU_TAG})
     stage = calls[0].get("stage") or shard_task.name
     iteration = calls[0].get("iteration", 0)
     log.info("%s %s (round %s): %d shard(s) on Ray, each asking for %g CPU(s), %g GPU(s)", shard_task.name, stage,
-             iteration, len(calls), ask.num_cpus, ask.num_gpus)
+             iteration, len(calls), num_cpus, num_gpus)
 
     @flow(name="bstar-shards", flow_run_name=f"{run_id}-it{iteration}-{shard_task.name}-{stage}",
           task_runner=RayTaskRunner(address=cfg.execution.address, init_kwargs=ray_init_kwargs(cfg)),
@@ -147,11 +220,28 @@ def _run_on_ray(cfg: RunConfig, shard_task, calls: list[dict], resources: str) -
     def shards_flow() -> list[dict]:
         # Ray retries a shard whose worker or node died (max_retries); Prefect's own retries
         # (the stage task's) cover errors raised by the shard
-        with remote_options(num_cpus=ask.num_cpus, num_gpus=ask.num_gpus, max_retries=3):
+        with remote_options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=3):
             futures = [task.submit(**call) for call in calls]
         return [f.result() for f in futures]
 
     return shards_flow()
+
+
+def ray_ask(cfg: RunConfig, resources: str, shard_task, most_gpus: float) -> tuple[float, float]:
+    """(num_cpus, num_gpus) one shard of `shard_task` asks of a Ray node: `execution.<resources>`,
+    except that PRM scoring (a scoring shard that runs a model) left at `num_gpus: 0` asks for
+    one GPU on a cluster where some node has one (`most_gpus`, the most GPUs on one node). A
+    cluster without GPUs, or whose nodes were started with `--num-gpus 0`, scores on CPUs; a
+    `num_gpus` above 0 is taken as given."""
+    ask = getattr(cfg.execution, resources)
+    if resources == "scoring" and uses_device(shard_task) and ask.num_gpus == 0 and most_gpus >= 1:
+        return ask.num_cpus, 1.0
+    return ask.num_cpus, ask.num_gpus
+
+
+def _most_gpus_on_a_node(ray) -> float:
+    """The most GPUs one live node of the connected cluster has (0 on a CPU-only cluster)."""
+    return max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
 
 
 # -- what `bstar check` and every run's pre-flight ask of the cluster ----------------------------
@@ -176,8 +266,9 @@ def _tcp_reachable(address: str, timeout: float = 5.0) -> str | None:
 def cluster_problems(cfg: RunConfig, *, probe_root: str | None = None) -> tuple[list[tuple[str, str]], str]:
     """(problems as (field, message), a one-line summary of the cluster) for `engine: ray`.
 
-    Connects to the cluster (the connection is kept for the run), checks that some node has the
-    resources each stage asks for, and runs a probe on every node: the same bstar version is
+    Connects to the cluster (the connection is kept for the run; a cluster that refuses this
+    process's token is one line naming what to set, `ray_auth_problem`), checks that some node
+    has the resources each stage asks for, and runs a probe on every node: the same bstar version is
     installed, the Prefect API answers (when one is set: a run without PREFECT_API_URL starts a
     temporary server, which the flow run's own pre-flight then probes), and the lake's object
     store is reachable (it reads the object `probe_root` names, written by the caller)."""
@@ -186,9 +277,16 @@ def cluster_problems(cfg: RunConfig, *, probe_root: str | None = None) -> tuple[
     why = _tcp_reachable(address) if address else None
     if why:
         return [("execution.address", f"cannot reach the Ray cluster at {address!r}: {why}")], ""
+    refused = ray_auth_problem(address)
+    if refused:
+        return [("execution.address", refused)], ""
     try:
         ray = connect_ray(cfg)
     except Exception as e:  # noqa: BLE001 - ConnectionError, timeouts, version mismatch
+        from ray.exceptions import AuthenticationError
+
+        if isinstance(e, AuthenticationError):  # `auto` and `ray://` addresses are not probed first
+            return [("execution.address", token_advice(where))], ""
         return [("execution.address", f"cannot connect to the Ray cluster at {where}: {type(e).__name__}: "
                                       f"{str(e)[:300]}")], ""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -204,6 +302,67 @@ def cluster_problems(cfg: RunConfig, *, probe_root: str | None = None) -> tuple[
                                  f"({len(nodes)} node(s); at most {most:g} {name}(s) on one node)"))
     problems += [("execution.address", p) for p in _probe_nodes(cfg, nodes, probe_root)]
     return problems, cluster_summary(cfg)
+
+
+AUTH_HOW = ("set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, the path of a file holding it) "
+            "to the token the cluster's nodes were started with")
+
+
+def ray_auth_problem(address: str | None) -> str | None:
+    """One line naming what to set when the Ray cluster at HOST:PORT refuses this process (token
+    authentication on, the token missing or wrong), else None.
+
+    It asks the cluster's GCS once, which answers at once: `ray.init` retries for about 20 s and
+    then reports only that it could not connect. Not for `auto` / `ray://` addresses, nor once
+    this process is connected (the connection kept for the run already got in)."""
+    import ray
+
+    if not address or address == "auto" or "://" in address or ray.is_initialized():
+        return None
+    missing = _token_missing()
+    if missing:
+        return f"the Ray cluster at {address}: {missing}; {AUTH_HOW}"
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        return token_advice(address)
+    except Exception:  # noqa: BLE001 - not a refused token: `ray.init` reports what it is
+        return None
+    return None
+
+
+def _token_missing() -> str | None:
+    """Why this process has no token to send though RAY_AUTH_MODE=token asks for one, else None.
+    Checked here because Ray, given a RAY_AUTH_TOKEN_PATH it cannot read, aborts the process."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token" or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if path:
+        try:
+            with open(path) as f:
+                return None if f.read().strip() else f"RAY_AUTH_TOKEN_PATH names an empty file ({path})"
+        except OSError as e:
+            return f"RAY_AUTH_TOKEN_PATH names a file this process cannot read ({path}: {e.strerror})"
+    if not os.path.isfile(os.path.expanduser("~/.ray/auth_token")):
+        return "RAY_AUTH_MODE=token, but neither RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH nor ~/.ray/auth_token gives a token"
+    return None
+
+
+def token_advice(where: str) -> str:
+    """The one line for a cluster that refused this process's token (or its lack of one)."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
+        return (f"the Ray cluster at {where} refused this process: it requires a token (token authentication) "
+                f"and RAY_AUTH_MODE is not `token` here, so none was sent; {AUTH_HOW}")
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        source = "in RAY_AUTH_TOKEN"
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip():
+        source = f"in RAY_AUTH_TOKEN_PATH's file {os.environ['RAY_AUTH_TOKEN_PATH'].strip()}"
+    else:
+        source = "in ~/.ray/auth_token"
+    return f"the Ray cluster at {where} refused the token {source} (not the cluster's token); {AUTH_HOW}"
 
 
 def cluster_summary(cfg: RunConfig) -> str:

@@ -18,7 +18,7 @@ from bstar.tasks.common import (checkpoint_dir, checkpoint_location, lake_of, lo
                                 publish_checkpoint, stage_task)
 from bstar.tasks.data import as_rows, read_queries, warmup_queries
 from bstar.tasks.prompts import render_prompts, template_of
-from bstar.tasks.shards import run_shards
+from bstar.tasks.shards import GPU_TAG, run_shards
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,15 @@ def _trainer_kwargs(cfg) -> dict:
     return dict(
         lr=t.lr,
         batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
+        grad_accum=t.accumulation(t.batch_size),
         warmup_ratio=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         num_processes=t.num_processes,
+        distributed=t.distributed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_length,
+        cpu_offload=t.cpu_offload,
         precision="bf16" if t.bf16 else "auto",
         seed=cfg.seed,
     )
@@ -71,7 +75,8 @@ def training_summary(cfg) -> str:
 def warmup_trainer_kwargs(cfg) -> dict:
     """The rounds' trainer settings with the warm-up's own lr, batch size and (if set) weight decay."""
     w = cfg.training.warmup
-    kw = _trainer_kwargs(cfg) | dict(lr=w.lr, batch_size=w.batch_size)
+    kw = _trainer_kwargs(cfg) | dict(lr=w.lr, batch_size=w.batch_size,
+                                     grad_accum=cfg.training.accumulation(w.batch_size))
     if w.weight_decay is not None:
         kw["weight_decay"] = w.weight_decay
     return kw
@@ -106,7 +111,7 @@ def initial_policy(cfg, run_id: str) -> str:
     return m.name_or_path
 
 
-@stage_task(tags=("gpu",))
+@stage_task  # no `gpu` tag: `warm_up_on_node` holds the device (bstar.tasks.shards)
 def warm_up(run_id: str, cfg_json: str) -> dict:
     """Build (or name) the initial policy and, if configured, SFT it on gold solutions: one task,
     in this process or (engine `ray`) on a node with `execution.training`'s resources."""
@@ -114,7 +119,7 @@ def warm_up(run_id: str, cfg_json: str) -> dict:
     return run_shards(cfg, warm_up_on_node, [dict(run_id=run_id, cfg_json=cfg_json)], "training")[0]
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def warm_up_on_node(run_id: str, cfg_json: str) -> dict:
     """The work of `warm_up`, wherever the engine placed it."""
     from bstar.models.trainer import sft_warmup
@@ -129,8 +134,9 @@ def warm_up_on_node(run_id: str, cfg_json: str) -> dict:
         start = local_checkpoint(cfg, model)
         examples = gold_examples(cfg, train, start)
         log.info("warm-up: SFT of %s on %d gold solutions for %d steps", model, len(examples), w.steps)
+        # no optimizer state: every round starts a fresh optimizer from the warm-up
         info = sft_warmup(examples, start, checkpoint_dir(cfg, run_id, "warmup"),
-                          max_steps=w.steps, **warmup_trainer_kwargs(cfg))
+                          max_steps=w.steps, save_optimizer=False, **warmup_trainer_kwargs(cfg))
         path, step = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, "warmup")), info.step
         log.info("warm-up: %d steps, final loss %s, %d response tokens, %.1f s -> %s", len(info.losses),
                  _final(info.losses), info.tokens, info.seconds, path)
@@ -140,17 +146,17 @@ def warm_up_on_node(run_id: str, cfg_json: str) -> dict:
     return {"policy": path, "step": step}
 
 
-@stage_task(tags=("gpu",))
+@stage_task  # no `gpu` tag: `fine_tune_on_node` holds the device (bstar.tasks.shards)
 def fine_tune(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
     """SFT on this round's selections; the training mode picks the starting checkpoint. One task
-    (several GPUs through accelerate), in this process or (engine `ray`) on a node with
+    (several GPUs through torchrun), in this process or (engine `ray`) on a node with
     `execution.training`'s resources."""
     cfg = load_cfg(cfg_json)
     call = dict(run_id=run_id, iteration=iteration, policy=policy, initial=initial, cfg_json=cfg_json)
     return run_shards(cfg, fine_tune_on_node, [call], "training")[0]
 
 
-@stage_task(tags=("gpu",))
+@stage_task(tags=(GPU_TAG,))
 def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cfg_json: str) -> dict:
     """The work of `fine_tune`, wherever the engine placed it."""
     from bstar.models.trainer import round_init_checkpoint, train_sft
@@ -183,14 +189,33 @@ def fine_tune_on_node(run_id: str, iteration: int, policy: str, initial: str, cf
         checkpoint_dir(cfg, run_id, name),
         mode=mode,
         total_rounds=cfg.iterations,
+        save_optimizer=mode == "online",  # only an online round's successor reads the AdamW state
         **round_steps(cfg),
         **_trainer_kwargs(cfg),
     )
     path = publish_checkpoint(cfg, info.path, checkpoint_location(cfg, run_id, name))
+    prune_optimizer_states(cfg, run_id, iteration)
     log.info("fine-tune (round %d): %d steps to lineage step %d, final loss %s, %d response tokens, %.1f s -> %s",
              iteration, len(info.losses), info.step, _final(info.losses), info.tokens, info.seconds, path)
     lake.write("checkpoints", [{"step": info.step, "path": path, "mode": mode}], run_id, iteration)
     return {"policy": path, "step": info.step, "examples": len(examples)}
+
+
+def prune_optimizer_states(cfg, run_id: str, iteration: int) -> None:
+    """`storage.keep_checkpoints: N`: drop the optimizer state of rounds older than the last N
+    (weights stay). Round `iteration`'s own state is kept (N >= 1), the one the next online
+    round, or a rerun of it, reads."""
+    from bstar.models.trainer import OPTIMIZER_DIR
+    from bstar.storage.checkpoints import drop_subdir
+
+    keep = cfg.storage.keep_checkpoints
+    if not keep:
+        return
+    for old in range(1, iteration - keep + 1):
+        n = drop_subdir(checkpoint_location(cfg, run_id, f"iter-{old}"), OPTIMIZER_DIR,
+                        cfg.storage.storage_options())
+        if n:
+            log.info("keep_checkpoints %d: removed the optimizer state of round %d (%d files)", keep, old, n)
 
 
 def _final(losses: list[float]) -> str:

@@ -75,6 +75,7 @@ def _bstar(*args: str) -> list[str]:
     return [sys.executable, "-m", "bstar.cli", *args]
 
 
+@pytest.mark.slow  # ~95 s; kill and resume stay in the default suite through test_faults_kill
 def test_sigkill_mid_run_then_resume(tmp_path):
     root = tmp_path / "lake"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -1,9 +1,10 @@
 """Stages sharded over a real two-node Ray cluster, checkpoints in the lake's object store.
 
 Everything on the loopback: a SeaweedFS S3 server (the only thing the nodes share), two Ray nodes
-(`tests/ray_cluster.py`, one CPU each, their own HOME and checkpoint cache), Prefect's test
-server. A run with `execution.engine: ray, shards: 2` must give the lake that the same config and
-seeds give in one local process, row for row.
+(`tests/ray_cluster.py`, one CPU each, their own HOME and checkpoint cache, token authentication
+on), Prefect's test server. A run with `execution.engine: ray, shards: 2` must give the lake that
+the same config and seeds give in one local process, row for row; a driver with a wrong token or
+none gets one line naming what to set; a run served by `bstar serve --gpu-slots 1` completes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def cluster():
 
     with RayCluster(nodes=2, cpus=1) as c:
         yield c
+
+
+@pytest.fixture
+def ray_driver(cluster, monkeypatch):
+    """This process drives the module's cluster: its token in the environment (token auth is on)."""
+    cluster.as_driver(monkeypatch)
 
 
 @pytest.fixture
@@ -101,7 +108,8 @@ def _shard_runs(flow_prefix: str) -> list:
         return runs
 
 
-def test_sharded_on_two_ray_nodes_equals_one_local_process(prefect_harness, s3, cluster, driver_env):
+@pytest.mark.slow  # ~125 s; the Ray path stays in the default suite through the S3 resume and pre-flight tests
+def test_sharded_on_two_ray_nodes_equals_one_local_process(prefect_harness, s3, cluster, ray_driver, driver_env):
     lake = Lake(f"s3://{s3.bucket}/lake", s3.storage_options)
     local = _run(s3, "scale-local")
     ray_run = _run(s3, "scale-ray", "execution.engine=ray", f"execution.address={cluster.address}",
@@ -132,7 +140,7 @@ def test_sharded_on_two_ray_nodes_equals_one_local_process(prefect_harness, s3, 
     assert len(parts) == 2 and [p.rsplit("-", 2)[1:] for p in parts] == [["s000", "c00000"], ["s001", "c00000"]], parts
 
 
-def test_bad_execution_settings_fail_before_any_work(s3, cluster, driver_env, tmp_path):
+def test_bad_execution_settings_fail_before_any_work(s3, cluster, ray_driver, driver_env, tmp_path):
     from bstar.config import load_config
     from bstar.preflight import check_run
 
@@ -152,9 +160,130 @@ def test_bad_execution_settings_fail_before_any_work(s3, cluster, driver_env, tm
         load_config(str(SMOKE), ["execution.shards=0"])
     assert not (tmp_path / "lake" / "candidates").exists()  # nothing ran
 
+    # the check left the run's connection open: a worker runs torch on this process's thread count,
+    # not on the one thread Ray gives a 1-CPU task (OMP_NUM_THREADS=1), so shards sample what a local run does
+    import ray
+
+    from bstar.tasks.shards import torch_threads
+
+    @ray.remote(num_cpus=1)
+    def worker_threads() -> tuple[str, int]:
+        import torch
+
+        from bstar.models.loading import set_cpu_threads
+
+        set_cpu_threads()  # what the CPU sampler does first
+        return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
+    assert ray.get(worker_threads.remote(), timeout=120) == ("1", torch_threads())
+
+
+def test_a_cluster_that_refuses_the_token_is_one_line_naming_what_to_set(cluster, tmp_path):
+    """`bstar check` with a wrong token file, then with no token at all: one line each, at once
+    (`ray.init` alone would retry for 20 s and say only that it could not connect)."""
+    import subprocess
+
+    from tests.prefect_server import BIN
+    from tests.ray_cluster import AUTH_VARS
+
+    wrong = tmp_path / "token"
+    wrong.write_text("0" * 64)
+    base = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    how = ("set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, the path of a file holding it) to "
+           "the token the cluster's nodes were started with")
+    expected = {
+        "wrong": f"the Ray cluster at {cluster.address} refused the token in RAY_AUTH_TOKEN_PATH's file {wrong} "
+                 f"(not the cluster's token); {how}",
+        "none": f"the Ray cluster at {cluster.address} refused this process: it requires a token (token "
+                f"authentication) and RAY_AUTH_MODE is not `token` here, so none was sent; {how}",
+    }
+    for case, env in (("wrong", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}), ("none", {})):
+        t0 = time.monotonic()
+        out = subprocess.run([str(BIN / "bstar"), "check", str(SMOKE), "--set", "execution.engine=ray", "--set",
+                              f"execution.address={cluster.address}"], env={**base, **env}, capture_output=True,
+                             text=True, timeout=180, cwd=tmp_path)
+        lines = [line for line in out.stderr.splitlines() if "execution." in line]
+        assert out.returncode != 0 and lines == [f"  execution.address: {expected[case]}"], (case, out.stderr[-3000:])
+        print(f"{case} token: refused in {time.monotonic() - t0:.1f} s (bstar check, start to exit)")
+
+
+# -- served through a real Prefect server under `bstar serve --gpu-slots 1` -----------------------
+# (two local shards under one slot: tests/flows/test_ui.py, whose served form run has them)
+
+SERVED_TIMEOUT = 600
+# the smallest run that still nests every stage: warm-up, start evaluation, one round
+SERVED_ROUND = [*ONE_ROUND, "data.train.limit=60", "data.test=[{name: arith, split: test, limit: 12, max_ops: 2, hi: 20}]",
+                "training.warmup.steps=20", "training.max_steps=2", "selection.queries_per_round=16",
+                "search.queries=8"]
+
+
+@pytest.fixture(scope="module")
+def served(prefect_harness, cluster, tmp_path_factory):
+    """`bstar serve` (its default `--gpu-slots 1`) against the session's Prefect server, with the Ray
+    cluster's token in its environment; the `gpu` limit it makes is removed at the end."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.prefect_server import Serve, server_env
+
+    env = server_env(tmp_path_factory.mktemp("serve-home"), PREFECT_API_URL=PREFECT_API_URL.value(),
+                     **cluster.driver_env())
+    serve = Serve({"env": env, "logs": tmp_path_factory.mktemp("serve-logs")})
+    serve.start()
+    try:
+        with get_client(sync_client=True) as client:
+            yield {"client": client, "serve": serve, "root": tmp_path_factory.mktemp("served-lake")}
+    finally:
+        alive = serve.stop_all()
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+        assert not alive, f"bstar serve processes survived: {alive}"
+
+
+def _served_run(served, run_id: str, *extra: str) -> tuple:
+    """Run `bstar-run` on the smoke config through the served deployment; (flow run, seconds)."""
+    from prefect.deployments import run_deployment
+
+    from tests.prefect_server import wait_final
+
+    t0 = time.monotonic()
+    fr = run_deployment(name="bstar-run/bstar-run", timeout=0, parameters={
+        "config": "deployments/configs/smoke.yaml", "run_id": run_id,
+        "overrides": [f"storage.root={served['root']}", *SERVED_ROUND, *extra]})
+    fr = wait_final(served["client"], fr.id, served["serve"].log, SERVED_TIMEOUT)
+    return fr, time.monotonic() - t0
+
+
+def _holds_gpu(task_runs) -> dict[str, set[bool]]:
+    """Task name -> whether its runs carry the `gpu` tag (a set: every run of a task the same)."""
+    out: dict[str, set[bool]] = {}
+    for t in task_runs:
+        out.setdefault(t.name.rsplit("-", 1)[0], set()).add("gpu" in t.tags)
+    return out
+
 
 @pytest.mark.slow
-def test_a_node_lost_mid_stage_costs_its_shard_only(prefect_harness, s3, driver_env, tmp_path):
+def test_served_ray_shards_under_one_gpu_slot_complete(served, cluster):
+    """`bstar serve --gpu-slots 1`, two shards on the two-node cluster (token auth on): no shard,
+    warm-up or fine-tune waits for the serving machine's slot (before, `warm-up` held it while
+    `warm-up-on-node` waited); Ray places them."""
+    from tests.prefect_server import log_tail
+
+    fr, seconds = _served_run(served, "served-ray", "execution.engine=ray", f"execution.address={cluster.address}",
+                              "execution.shards=2")
+    print(f"served run, Ray engine, 2 shards on 2 nodes: {fr.state.name} in {seconds:.0f} s")
+    assert fr.state.is_completed(), f"{fr.state}:\n{log_tail(served['serve'].log)}"
+    runs = _shard_runs("served-ray")
+    gpu = _holds_gpu(runs)
+    for name in ("sample-shard", "score-shard", "warm-up-on-node", "fine-tune-on-node", "sample-candidates",
+                 "warm-up"):
+        assert gpu[name] == {False}, (name, gpu)
+    shard_runs = [t for t in runs if t.name.startswith(("sample-shard", "warm-up-on-node", "fine-tune-on-node"))]
+    assert len(shard_runs) == 12 + 2 and all(t.state.is_completed() for t in shard_runs)
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_stage_costs_its_shard_only(prefect_harness, s3, driver_env, tmp_path, monkeypatch):
     """SIGKILL the second node as the first part of round 1's training sampling lands: Ray retries
     the shard on the live node, the run completes without --resume, and its lake equals the
     uninterrupted run with no duplicate key."""
@@ -169,6 +298,7 @@ def test_a_node_lost_mid_stage_costs_its_shard_only(prefect_harness, s3, driver_
     lake = Lake(f"s3://{s3.bucket}/lake", s3.storage_options)
     _run(s3, "kill-ref", *small_parts)
     with RayCluster(nodes=2, cpus=1) as c:
+        c.as_driver(monkeypatch)
         result: dict = {}
 
         def run():

@@ -5,9 +5,10 @@ in the UI, through the same API the UI calls, and look at the pages in headless 
 
 * the `bstar-run` deployment's parameters are typed: `config` is the `RunConfig` model (every
   field with its description) prefilled from `deployments/configs/smoke.yaml`, with a `root`
-  parameter; a run started with the form's JSON (a nested `search.temperatures` edited) runs
-  with exactly that config, shows the resolved config, a round × metric table and a link to the
-  HTML report it wrote into the lake, and bstar's own log lines in its logs;
+  parameter; a run started with the form's JSON (a nested `search.temperatures` edited, two
+  local shards per stage under serve's one `gpu` slot) runs with exactly that config, shows the
+  resolved config, a round × metric table and a link to the HTML report it wrote into the lake,
+  and bstar's own log lines in its logs;
 * Chromium renders the run form (the config fields' labels and descriptions) and the round
   table artifact (its column headers);
 * a bad override fails the run with one line naming the override;
@@ -123,6 +124,7 @@ def form_run(cockpit):
     config["search"]["temperatures"] = [0.7, 0.9]
     config["iterations"] = 1
     config["training"]["warmup"]["steps"] = 40
+    config["execution"]["shards"] = 2  # two local shards per stage, under serve's one `gpu` slot
     root = str(cockpit["tmp"] / "form-lake")
     fr = _run(cockpit, {"config": config, "root": root})
     assert fr.state.is_completed(), f"{fr.state}:\n{log_tail(cockpit['serve'].log)}"
@@ -183,6 +185,27 @@ def test_run_shows_config_rounds_table_report_link_and_logs(cockpit, form_run):
     assert re.search(r"round 1: t=0\.[79], τ=0\.0 \(balance score \d\.\d{4}\); \d+ responses selected", logs), logs[-3000:]
 
 
+def test_form_run_with_two_local_shards_completes_under_one_gpu_slot(cockpit, form_run):
+    """`bstar serve` makes a `gpu` limit of one slot; Prefect holds a task run's tag slots for its
+    whole life. The shards hold the slot, their coordinators never do (before, `sample-candidates`
+    held it in the start evaluation while its `sample-shard` waited forever)."""
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    client, run_id = cockpit["client"], form_run["run_id"]
+    assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
+    flows = [f.id for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"like_": run_id}), limit=50)
+             if f.name.startswith(run_id)]
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": flows}), limit=200)
+    holds: dict[str, set[bool]] = {}
+    for t in runs:
+        holds.setdefault(t.name.rsplit("-", 1)[0], set()).add("gpu" in t.tags)
+    assert holds["sample-candidates"] == holds["score-candidates"] == holds["warm-up"] == holds["fine-tune"] == {False}
+    assert holds["sample-shard"] == {True} and holds["score-shard"] == {False}  # answer-only scoring: no device
+    # greedy + sampled evaluation at the start and after round 1, the search and the round: 2 shards each
+    shards = [t for t in runs if t.name.startswith("sample-shard")]
+    assert len(shards) == 12 and all(t.state.is_completed() for t in shards)
+
+
 @needs_chromium
 def test_browser_renders_the_form_fields_and_the_rounds_table(cockpit, form_run, tmp_path):
     from bstar.config import RunConfig, SearchConfig
@@ -224,6 +247,7 @@ def test_bad_override_fails_with_one_line_naming_it(cockpit):
 # -- 3. a schedule -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~40 s
 def test_schedule_created_through_the_api_fires(cockpit):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
     from prefect.client.schemas.schedules import IntervalSchedule

@@ -101,3 +101,76 @@ def test_where_stages_run_is_not_part_of_the_cache_key(tmp_path):
     local, ray = config(tmp_path, 1), config(tmp_path, 8, engine="ray")
     assert local != ray and key(local) == key(ray)
     assert key(local) != key(config(tmp_path, 1, chunk_rows=5))  # what a stage computes still counts
+
+
+def test_only_the_work_that_runs_a_model_carries_the_gpu_tag():
+    from bstar.tasks.prm import annotate_chunk, evaluate_prm, train_prm_stage
+    from bstar.tasks.sampling import sample_shard
+    from bstar.tasks.scoring import score_shard
+    from bstar.tasks.shards import on_device
+    from bstar.tasks.training import (
+        fine_tune,
+        fine_tune_on_node,
+        warm_up,
+        warm_up_on_node,
+    )
+
+    # a coordinator waits for its shards: with the slot it would wait for itself under --gpu-slots 1
+    for coordinator in (sample_candidates, score_candidates, warm_up, fine_tune):
+        assert coordinator.tags == set(), coordinator.name
+    for leaf in (sample_shard, warm_up_on_node, fine_tune_on_node, annotate_chunk, train_prm_stage, evaluate_prm):
+        assert leaf.tags == {"gpu"}, leaf.name
+    # scoring holds the device only when it runs a PRM
+    assert score_shard.tags == set() and on_device(score_shard, False).tags == set()
+    prm = on_device(score_shard, True)
+    assert prm.tags == {"gpu"} and prm.name == "score-shard" and prm.fn is score_shard.fn
+
+
+def test_prm_scoring_on_ray_asks_a_gpu_only_where_the_cluster_has_one():
+    from bstar.tasks.sampling import sample_shard
+    from bstar.tasks.scoring import score_shard
+    from bstar.tasks.shards import on_device, ray_ask
+
+    cfg = parse_config({"execution": {"engine": "ray", "scoring": {"num_cpus": 2}}})
+    prm, answer = on_device(score_shard, True), score_shard
+    assert ray_ask(cfg, "scoring", prm, most_gpus=8) == (2.0, 1.0)
+    assert ray_ask(cfg, "scoring", prm, most_gpus=0) == (2.0, 0.0)  # a CPU-only cluster scores on CPUs
+    assert ray_ask(cfg, "scoring", answer, most_gpus=8) == (2.0, 0.0)  # verifiers never ask for one
+    assert ray_ask(cfg, "sampling", sample_shard, most_gpus=8) == (1.0, 0.0)  # other stages: as configured
+    given = parse_config({"execution": {"engine": "ray", "scoring": {"num_gpus": 0.5}}})
+    assert ray_ask(given, "scoring", prm, most_gpus=8) == (1.0, 0.5)
+
+
+def test_ray_workers_get_the_flow_runs_torch_thread_count(monkeypatch):
+    import os
+
+    from bstar.tasks.shards import ray_init_kwargs
+
+    cfg = parse_config({"execution": {"engine": "ray"}})
+
+    def forwarded() -> str:
+        return ray_init_kwargs(cfg)["runtime_env"]["env_vars"]["BSTAR_TORCH_THREADS"]
+
+    monkeypatch.delenv("BSTAR_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert forwarded() == str(os.cpu_count())  # what the local sampler uses: every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert forwarded() == "3"
+    monkeypatch.setenv("BSTAR_TORCH_THREADS", "5")
+    assert forwarded() == "5"
+
+
+def test_a_token_ray_cannot_read_is_named_before_ray_is_asked(tmp_path, monkeypatch):
+    from bstar.tasks.shards import ray_auth_problem
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    assert ray_auth_problem("127.0.0.2:1") == (
+        f"the Ray cluster at 127.0.0.2:1: RAY_AUTH_TOKEN_PATH names a file this process cannot read "
+        f"({tmp_path / 'none'}: No such file or directory); set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+        "RAY_AUTH_TOKEN_PATH, the path of a file holding it) to the token the cluster's nodes were started with")
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "empty"))
+    assert "RAY_AUTH_TOKEN_PATH names an empty file" in ray_auth_problem("127.0.0.2:1")
+    assert ray_auth_problem("auto") is None and ray_auth_problem("ray://head:10001") is None
