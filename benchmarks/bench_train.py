@@ -107,41 +107,62 @@ def train_step(name: str, shape, device: str, ceil: dict, small: bool) -> dict:
     return res
 
 
-def cpu_table(steps: int = 6) -> list[dict]:
-    """train_sft on the `small` tiny policy (2.7M parameters) in each configuration."""
+CPU_CONFIGS = [(1, "ddp", False), (1, "fsdp", False), (1, "fsdp", True), (2, "ddp", False), (2, "fsdp", False),
+               (2, "fsdp", True)]
+
+
+def cpu_one(processes: int, distributed: str, checkpointing: bool, steps: int) -> dict:
+    """train_sft on the `small` tiny policy (2.7M parameters) in one configuration."""
     from bstar.datasets.arith import generate
     from bstar.models.tiny import build_tiny_policy
     from bstar.models.trainer import train_sft
 
     rows = generate(512, seed=0)
     pairs = [(f"Q: {r['prompt']} A: ", r["meta"]["solution"]) for r in rows]
-    out = []
     with tempfile.TemporaryDirectory() as tmp:
         init = build_tiny_policy(Path(tmp) / "init", size="small", seed=0)
-        for procs, dist, ckpt in [(1, "ddp", False), (1, "fsdp", False), (1, "fsdp", True), (2, "ddp", False),
-                                  (2, "fsdp", False), (2, "fsdp", True)]:
-            gc.collect()
-            t0 = time.perf_counter()
-            info = train_sft(pairs, init, Path(tmp) / f"{procs}-{dist}-{ckpt}", max_steps=steps, batch_size=64,
-                             lr=2e-3, num_processes=procs, distributed=dist, gradient_checkpointing=ckpt,
-                             progress=False, save_optimizer=False)
-            wall = time.perf_counter() - t0
-            who = resource.RUSAGE_SELF if procs == 1 else resource.RUSAGE_CHILDREN
-            row = {"processes": procs, "distributed": dist, "checkpointing": ckpt,
-                   "step_s": round(info.seconds / steps, 3), "call_s": round(wall, 1),
-                   "peak_rss_mib": round(resource.getrusage(who).ru_maxrss / 1024), "final_loss": round(info.losses[-1], 4)}
-            print(row, flush=True)
-            out.append(row)
+        t0 = time.perf_counter()
+        info = train_sft(pairs, init, Path(tmp) / "out", max_steps=steps, batch_size=64, lr=2e-3,
+                         num_processes=processes, distributed=distributed, gradient_checkpointing=checkpointing,
+                         progress=False, save_optimizer=False)
+        wall = time.perf_counter() - t0
+    # the largest of this process and the training processes it waited for (torchrun's children)
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {"processes": processes, "distributed": distributed, "checkpointing": checkpointing,
+            "step_s": round(info.seconds / steps, 3), "call_s": round(wall, 1), "peak_rss_mib": round(rss / 1024),
+            "final_loss": round(info.losses[-1], 4)}
+
+
+def cpu_table(steps: int = 6) -> list[dict]:
+    """Every configuration in a fresh process, so each peak RSS is its own."""
+    import json
+    import subprocess
+
+    out = []
+    for procs, dist, ckpt in CPU_CONFIGS:
+        cmd = [sys.executable, __file__, "--one", str(procs), dist, str(int(ckpt)), str(steps)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        print(row, flush=True)
+        out.append(row)
     return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", action="store_true", help="the one-GPU FSDP steps (needs CUDA)")
+    ap.add_argument("--one", nargs=4, metavar=("PROCESSES", "DISTRIBUTED", "CHECKPOINTING", "STEPS"),
+                    help=argparse.SUPPRESS)  # one CPU configuration, a JSON line (what cpu_table runs)
     args = ap.parse_args(argv)
+    if args.one:
+        import json
+
+        procs, dist, ckpt, steps = args.one
+        print(json.dumps(cpu_one(int(procs), dist, bool(int(ckpt)), int(steps))))
+        return
     if not args.gpu:
-        print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}; peak RSS: this process (1 process) or "
-              "the largest child (2 processes, cumulative max)")
+        print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}; each configuration in a fresh process; "
+              "peak RSS: the largest of it and its training processes")
         cpu_table()
         return
     ceil = {"matmul_tflops": BF16_DATASHEET_TFLOPS}

@@ -376,7 +376,6 @@ class SFTRecipe:
                  warmup_steps=None, warmup_ratio=0.05, min_lr_ratio=0.0, weight_decay=0.0, betas=(0.9, 0.95),
                  max_grad_norm=1.0, max_length=None, seed=0, precision="auto", device="auto",
                  distributed="ddp", gradient_checkpointing=False, cpu_offload=False, log_every=10, progress=True):
-        import torch
 
         from bstar.models.loading import load_policy, resolve_device, set_cpu_threads
 

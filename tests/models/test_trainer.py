@@ -200,14 +200,21 @@ def test_examples_from_jsonl_and_warmup_entry_point(tmp_path, rounds_data):
     AutoTokenizer.from_pretrained(info.path)
 
 
-def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path, micro_policy, rounds_data):
-    """DDP over gloo on CPU, launched through torchrun by train_sft itself."""
+def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path, micro_policy, rounds_data, caplog):
+    """DDP over gloo on CPU, launched through torchrun by train_sft itself; the processes' loss
+    lines reach this process's log (and so the Prefect run's) as they are printed."""
+    import logging
+
     from bstar.models.trainer import train_sft
 
     d1, _ = rounds_data
     kw = dict(batch_size=16, lr=2e-3, max_steps=4, progress=False)
     one = train_sft(d1, micro_policy, tmp_path / "one", **kw)
-    two = train_sft(d1, micro_policy, tmp_path / "two", num_processes=2, **kw)
+    with caplog.at_level(logging.INFO, logger="bstar.models.launch"):
+        two = train_sft(d1, micro_policy, tmp_path / "two", num_processes=2, **kw)
+    relayed = [r.getMessage() for r in caplog.records if r.name == "bstar.models.launch"]
+    assert [m for m in relayed if "sft[iterative] step" in m][-1].startswith("[trainer] ")
+    assert sum("sft[iterative] step" in m for m in relayed) == 4  # main process only, every step of 4
     assert two.step == 4 and len(two.losses) == 4
     assert two.losses == pytest.approx(one.losses, abs=1e-4)
     assert_same_weights(one.path, two.path, atol=1e-4)
