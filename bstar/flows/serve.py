@@ -193,7 +193,13 @@ async def run_until_signal(runner, stop_timeout: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     serving = asyncio.ensure_future(runner.start())
-    await asyncio.sleep(0)  # `start` installs Prefect's SIGTERM handler first; ours replace it
+    # `start` installs Prefect's SIGTERM handler as it begins, which may be a few loop steps away
+    # (under load, after other awaits): wait for it (boundedly), so that ours replace it and not
+    # the other way round
+    for _ in range(500):
+        if serving.done() or signal.getsignal(signal.SIGTERM) == runner.handle_sigterm:
+            break
+        await asyncio.sleep(0.01)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.ensure_future(stop.wait())
