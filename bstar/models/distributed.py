@@ -51,14 +51,6 @@ class Processes:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def training_precision(precision: str, device: str) -> str:
     """`bf16` or `fp32`: `auto` is bf16 on a CUDA GPU that supports it, fp32 elsewhere."""
     import torch
@@ -96,9 +88,22 @@ def init_processes(device: str, strategy: str = "ddp") -> Processes:
         if world > 1:
             dist.init_process_group(backend, device_id=dev if cuda else None)
         else:
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            from bstar.models.launch import free_port
+
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         owns = True
     return Processes(world, rank, local, dev, owns)
+
+
+def share_cpu_threads(procs: Processes) -> None:
+    """On the CPU, N processes share the cores: each takes its part (BSTAR_TORCH_THREADS, else
+    cores / N); one process keeps `set_cpu_threads`' own rule."""
+    from bstar.models.loading import set_cpu_threads
+
+    if procs.device.type != "cpu":
+        return
+    set_cpu_threads(None if procs.world == 1 else
+                    int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // procs.world))
 
 
 def close_processes(procs: Processes) -> None:
@@ -190,6 +195,11 @@ def wrap(model, procs: Processes, strategy: str, *, precision: str = "fp32", gra
     return root
 
 
+def is_fsdp(model) -> bool:
+    """Whether `model` (or the module DDP wraps) is sharded by FSDP2."""
+    return hasattr(unwrap(model), "set_requires_gradient_sync")
+
+
 def unwrap(model):
     """The module itself (DDP keeps it in `.module`; an FSDP2 module is its own module)."""
     return getattr(model, "module", model)
@@ -239,7 +249,7 @@ def full_state_dict(model, dtype=None) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     inner = unwrap(model)
-    if hasattr(inner, "set_requires_gradient_sync"):  # FSDP2
+    if is_fsdp(inner):
         state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         state = {k: v.detach().to("cpu") for k, v in inner.state_dict().items()}
@@ -253,7 +263,7 @@ def load_full_state_dict(model, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     inner = unwrap(model)
-    if hasattr(inner, "set_requires_gradient_sync"):
+    if is_fsdp(inner):
         set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True))
     else:
         inner.load_state_dict(state)

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bstar.models import distributed as D
-from bstar.models.loading import release_device_memory, resolve_device, save_policy, set_cpu_threads
+from bstar.models.loading import release_device_memory, resolve_device, save_policy
 from bstar.models.prm import DEFAULT_STEP_TOKEN, HEAD_FILE, PRM_CONFIG, PRMSpec, read_prm_spec, step_inputs
 from bstar.models.schedule import lr_factor, mean_since
 
@@ -257,9 +257,7 @@ def _train_in(procs, data, init, out_dir, *, step_delimiter, max_steps, lr, batc
 
     world, rank, dev = procs.world, procs.rank, procs.device
     main_process = procs.is_main
-    if dev.type == "cpu":  # N processes share the cores
-        set_cpu_threads(None if world == 1 else
-                        int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world))
+    D.share_cpu_threads(procs)
     torch.manual_seed(seed)
     # FSDP builds on the CPU and moves only its shards to the device
     model, tok, head, spec = build_prm_backbone(str(init), device="cpu" if distributed == "fsdp" else str(dev))

@@ -20,7 +20,6 @@ runs its own decode loop over the cache; rows that finish are dropped from the b
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
 
@@ -144,12 +143,10 @@ class TransformersSampler(Sampler):
         return sorted(ids)
 
     def close(self) -> None:
-        import torch
+        from bstar.models.loading import release_device_memory
 
         self.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_device_memory()
 
     def sample(self, prompts, k=1, temperature=1.0, top_p=1.0, max_new_tokens=256, *, seeds=None, base_seed=0,
                stop=None, first_sample_idx=0, progress=True):

@@ -377,7 +377,7 @@ class SFTRecipe:
                  max_grad_norm=1.0, max_length=None, seed=0, precision="auto", device="auto",
                  distributed="ddp", gradient_checkpointing=False, cpu_offload=False, log_every=10, progress=True):
 
-        from bstar.models.loading import load_policy, resolve_device, set_cpu_threads
+        from bstar.models.loading import load_policy, resolve_device
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -396,9 +396,7 @@ class SFTRecipe:
         self.procs = D.init_processes(dev, distributed)
         try:
             self.world, self.rank = self.procs.world, self.procs.rank
-            if self.cpu:
-                set_cpu_threads(None if self.world == 1 else
-                                int(os.environ.get("BSTAR_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // self.world))
+            D.share_cpu_threads(self.procs)
             self.micro = batch_size // (grad_accum * self.world)
 
             self.checkpoint = Path(checkpoint)
