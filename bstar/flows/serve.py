@@ -193,17 +193,23 @@ async def run_until_signal(runner, stop_timeout: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     serving = asyncio.ensure_future(runner.start())
-    # `start` installs Prefect's SIGTERM handler as it begins, which may be a few loop steps away
-    # (under load, after other awaits): wait for it (boundedly), so that ours replace it and not
-    # the other way round
-    for _ in range(500):
-        if serving.done() or signal.getsignal(signal.SIGTERM) == runner.handle_sigterm:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # `start` usually installs Prefect's SIGTERM handler in its first step
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    async def reclaim_sigterm():
+        # under load `start` may reach its signal.signal a few loop steps later and replace ours:
+        # take SIGTERM back when it does (ours are in place all along, so no signal goes unhandled)
+        for _ in range(500):
+            if signal.getsignal(signal.SIGTERM) == runner.handle_sigterm:
+                loop.add_signal_handler(signal.SIGTERM, stop.set)
+                return
+            await asyncio.sleep(0.01)
+
+    reclaim = asyncio.ensure_future(reclaim_sigterm())
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    reclaim.cancel()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)  # a second Ctrl-C interrupts the shutdown itself
     if serving.done():
